@@ -1,0 +1,40 @@
+"""yoto_jax: learn loss weights with the model, in one training run (YOTO).
+
+Reference: C. Sakaridis, "You Only Train Once", arXiv:2506.04349.
+"""
+
+from yoto_jax.composite import (
+    DEFAULT_EPS,
+    init_mu,
+    loss_weights,
+    named_composite,
+    named_loss_weights,
+    regularizer,
+    regularizer_grad,
+    yoto_composite,
+)
+from yoto_jax.decay import DEFAULT_RHO, HyperparameterDecayState, hyperparameter_decay
+from yoto_jax.optimizer import yoto_optimizer
+from yoto_jax.selection import MU_KEY, is_mu_path, model_mask, mu_labels, mu_mask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_EPS",
+    "DEFAULT_RHO",
+    "MU_KEY",
+    "HyperparameterDecayState",
+    "hyperparameter_decay",
+    "init_mu",
+    "is_mu_path",
+    "loss_weights",
+    "model_mask",
+    "mu_labels",
+    "mu_mask",
+    "named_composite",
+    "named_loss_weights",
+    "regularizer",
+    "regularizer_grad",
+    "yoto_composite",
+    "yoto_optimizer",
+]

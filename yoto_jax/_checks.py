@@ -1,0 +1,91 @@
+"""Trace-time input validation shared by the public functions.
+
+Every check here runs on shapes, dtypes and Python values only, so it works on
+tracers; values are inspected only when they are concrete (`concrete_float`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def floating_array(x: Any, what: str) -> jax.Array:
+    """`x` as a JAX array, requiring a floating dtype (gradients need one)."""
+    try:
+        array = jnp.asarray(x)
+    except TypeError as error:
+        raise TypeError(
+            f"{what} must be a floating-point array, got {type(x).__name__}."
+        ) from error
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(
+            f"{what} must have a floating dtype (float16/bfloat16/float32/float64), got {array.dtype}; "
+            "cast it with .astype(jnp.float32)."
+        )
+    return array
+
+
+def scalar(x: Any, what: str) -> jax.Array:
+    """`x` as a floating scalar array; a reduced loss or a single logit."""
+    array = floating_array(x, what)
+    if array.shape != ():
+        raise ValueError(
+            f"{what} must be a scalar (reduce it over the batch first, e.g. with .mean()), "
+            f"got shape {array.shape}."
+        )
+    return array
+
+
+def compute_dtype(*arrays: jax.Array) -> jnp.dtype:
+    """float32, or wider when an input is wider: half precision is upcast."""
+    return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
+
+
+def concrete_float(x: Any) -> float | None:
+    """The Python float of a concrete scalar, or None for tracers and callables."""
+    if callable(x) or isinstance(x, jax.core.Tracer):
+        return None
+    value = np.asarray(x)
+    if value.shape != ():
+        raise ValueError(f"expected a scalar hyperparameter, got shape {value.shape}.")
+    if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+        raise TypeError(f"expected a real number, got dtype {value.dtype}.")
+    return float(value)
+
+
+def non_negative(x: Any, name: str) -> None:
+    """Raises unless `x` is a tracer, a schedule, or a finite number >= 0."""
+    value = concrete_float(x)
+    if value is not None and not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+
+
+def positive(x: Any, name: str) -> None:
+    """Raises unless `x` is a tracer or a finite number > 0."""
+    value = concrete_float(x)
+    if value is not None and not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}.")
+
+
+def primary_name(mu: Mapping[str, Any], losses: Mapping[str, Any]) -> str:
+    """The one key of `losses` that is not an auxiliary name in `mu`."""
+    if not isinstance(losses, Mapping):
+        raise TypeError(
+            f"mu is a dict of auxiliary logits, so losses must be a dict too, got {type(losses).__name__}."
+        )
+    missing = sorted(set(mu) - set(losses))
+    if missing:
+        raise KeyError(f"losses is missing the auxiliary losses {missing} that mu names.")
+    extra = sorted(set(losses) - set(mu))
+    if len(extra) != 1:
+        raise KeyError(
+            f"losses must hold the {len(mu)} auxiliary names of mu ({sorted(mu)}) plus exactly one "
+            f"primary loss; got {len(extra)} other keys: {extra}."
+        )
+    return extra[0]

@@ -1,0 +1,254 @@
+"""The YOTO composite-loss layer: loss weights λ = softmax([0, µ]) and Σ λ_i l_i.
+
+Two forms give the same numbers:
+
+* arrays: ``mu`` of shape (K,), ``losses`` of shape (K+1,) with the primary first;
+* named: ``mu`` a dict of K auxiliary names to scalar logits, ``losses`` a dict
+  with those names plus exactly one more key, the primary loss.
+
+The primary logit µ_0 ≡ 0 is fixed and is not a parameter, so λ_i / λ_0 = e^{µ_i}.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from yoto_jax import _checks
+
+DEFAULT_EPS = 0.1
+"""Default initial weight of each auxiliary loss relative to the primary (see README)."""
+
+Logits = jax.Array | Mapping[str, ArrayLike]
+Losses = ArrayLike | Mapping[str, ArrayLike]
+
+
+def _logit_vector(mu: ArrayLike) -> jax.Array:
+    mu = _checks.floating_array(mu, "mu")
+    if mu.ndim != 1 or mu.shape[0] < 1:
+        raise ValueError(
+            f"mu must have shape (K,) with K >= 1 auxiliary logits, got shape {mu.shape}."
+        )
+    return mu
+
+
+def _named_logit_vector(mu: Mapping[str, ArrayLike]) -> tuple[list[str], jax.Array]:
+    if not mu:
+        raise ValueError("mu must name at least one auxiliary loss, got an empty dict.")
+    names = sorted(mu)
+    logits = [_checks.scalar(mu[name], f"mu[{name!r}]") for name in names]
+    return names, jnp.stack(logits).astype(_checks.compute_dtype(*logits))
+
+
+def _full_logits(mu: jax.Array) -> jax.Array:
+    """[0, µ] in the compute dtype (float32 or wider)."""
+    mu = mu.astype(_checks.compute_dtype(mu))
+    return jnp.concatenate([jnp.zeros((1,), mu.dtype), mu])
+
+
+def loss_weights(mu: Logits, primary: str = "primary") -> jax.Array | dict[str, jax.Array]:
+    r"""The loss weights λ = softmax([0, µ]).
+
+    .. math::
+        λ_0 = \frac{1}{1 + \sum_j e^{µ_j}}, \qquad λ_i = e^{µ_i} λ_0 .
+
+    Args:
+      mu: auxiliary logits, an array of shape (K,) or a dict of K names to scalars.
+      primary: the name under which the primary weight is returned for a dict ``mu``.
+
+    Returns:
+      An array of shape (K+1,) in float32 or wider, primary first; for a dict
+      ``mu``, a dict with ``primary`` and every auxiliary name.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss_weights(jnp.zeros(2))
+      Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
+    """
+    if isinstance(mu, Mapping):
+        names, vector = _named_logit_vector(mu)
+        if primary in mu:
+            raise KeyError(f"primary name {primary!r} is also an auxiliary name in mu.")
+        weights = jax.nn.softmax(_full_logits(vector))
+        return dict(zip([primary, *names], weights))
+    return jax.nn.softmax(_full_logits(_logit_vector(mu)))
+
+
+def _loss_vector(mu: Logits, losses: Losses) -> tuple[jax.Array, jax.Array]:
+    """Aligned (µ of shape (K,), l of shape (K+1,)) for either form."""
+    if isinstance(mu, Mapping):
+        names, vector = _named_logit_vector(mu)
+        primary = _checks.primary_name(mu, losses)
+        values = [_checks.scalar(losses[name], f"losses[{name!r}]") for name in [primary, *names]]
+        return vector, jnp.stack(values).astype(_checks.compute_dtype(*values))
+    if isinstance(losses, Mapping):
+        raise TypeError("mu is an array, so losses must be an array of shape (K+1,), not a dict.")
+    vector = _logit_vector(mu)
+    losses = _checks.floating_array(losses, "losses")
+    if losses.shape != (vector.shape[0] + 1,):
+        raise ValueError(
+            f"losses must have shape (K+1,) = ({vector.shape[0] + 1},): the primary loss first, "
+            f"then one per logit of mu (shape {vector.shape}); got shape {losses.shape}."
+        )
+    return vector, losses
+
+
+def yoto_composite(mu: Logits, losses: Losses) -> jax.Array:
+    r"""The YOTO composite loss :math:`L_e = \sum_{i=0}^{K} λ_i l_i`, λ = softmax([0, µ]).
+
+    Its gradients are the weighted-sum gradient for the model and, for the logits,
+
+    .. math::
+        \frac{\partial L_e}{\partial µ_i} = λ_i (l_i - L_e) \qquad (i \ge 1),
+
+    so a weight rises while its loss is below the weighted mean and falls while it
+    is above: the losses compete. Computed in float32 or wider; a NaN or inf loss
+    propagates (so ``optax.apply_if_finite`` can skip the step).
+
+    Args:
+      mu: auxiliary logits, shape (K,), or a dict of K auxiliary names to scalars.
+      losses: scalar losses, shape (K+1,) with the primary first, or a dict with the
+        names of ``mu`` plus exactly one more key, the primary loss.
+
+    Returns:
+      The scalar composite loss.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> mu = init_mu(["segmentation", "consistency"], eps=0.1)
+      >>> losses = {"depth": 1.0, "segmentation": 2.0, "consistency": 0.5}
+      >>> loss = yoto_composite(mu, losses)
+
+    References:
+      Sakaridis, "You Only Train Once", arXiv:2506.04349, Eq. (5)-(6).
+    """
+    vector, loss_values = _loss_vector(mu, losses)
+    dtype = _checks.compute_dtype(vector, loss_values)
+    weights = jax.nn.softmax(_full_logits(vector.astype(dtype)))
+    return jnp.dot(weights, loss_values.astype(dtype))
+
+
+def init_mu(
+    num_aux_or_names: int | Sequence[str], eps: float = DEFAULT_EPS, dtype=jnp.float32
+) -> jax.Array | dict[str, jax.Array]:
+    """Initial logits µ_i = log ε: each auxiliary starts at ε times the primary's weight.
+
+    Args:
+      num_aux_or_names: the number K >= 1 of auxiliary losses, or their names.
+      eps: the initial weight ratio λ_i / λ_0, a finite number > 0.
+      dtype: a floating dtype for the logits.
+
+    Returns:
+      An array of shape (K,), or a dict of names to scalars when names were given.
+
+    Example:
+      >>> init_mu(2, eps=0.1)
+      Array([-2.3025851, -2.3025851], dtype=float32)
+    """
+    _checks.positive(eps, "eps")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}.")
+    logit = math.log(float(eps))
+    if isinstance(num_aux_or_names, str):
+        raise TypeError("num_aux_or_names must be an int or a sequence of names, not one string.")
+    if isinstance(num_aux_or_names, Sequence):
+        names = list(num_aux_or_names)
+        if not names or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"expected a non-empty sequence of string names, got {names!r}.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"auxiliary names must be unique, got {names!r}.")
+        return {name: jnp.asarray(logit, dtype) for name in names}
+    if isinstance(num_aux_or_names, bool) or not isinstance(num_aux_or_names, int):
+        raise TypeError(
+            f"num_aux_or_names must be an int or a sequence of names, got {num_aux_or_names!r}."
+        )
+    if num_aux_or_names < 1:
+        raise ValueError(f"the number of auxiliary losses must be >= 1, got {num_aux_or_names}.")
+    return jnp.full((num_aux_or_names,), logit, dtype)
+
+
+def _logit_vector_of(mu: Logits) -> jax.Array:
+    return _named_logit_vector(mu)[1] if isinstance(mu, Mapping) else _logit_vector(mu)
+
+
+def regularizer(mu: Logits) -> jax.Array:
+    r"""YOTO's regulariser ("hyperparameter decay" loss) on the logits.
+
+    .. math::
+        R(µ) = \sum_{i=0}^{K} λ_i \log λ_i + \sum_{i=1}^{K} \operatorname{softplus}(µ_i)
+
+    The negated entropy is smallest at uniform λ (a uniformity prior); the softplus
+    keeps the optimum bounded. The trained objective is :math:`L_e + ρR`.
+
+    Args:
+      mu: auxiliary logits, shape (K,), or a dict of K names to scalars.
+
+    Returns:
+      The scalar R(µ), float32 or wider.
+    """
+    logits = _full_logits(_logit_vector_of(mu))
+    log_weights = jax.nn.log_softmax(logits)
+    negated_entropy = jnp.sum(jnp.exp(log_weights) * log_weights)
+    return negated_entropy + jnp.sum(jax.nn.softplus(logits[1:]))
+
+
+def regularizer_grad(mu: ArrayLike) -> jax.Array:
+    r"""The closed-form gradient of :func:`regularizer` for array logits.
+
+    .. math::
+        \frac{\partial R}{\partial µ_i} = λ_i (\log λ_i + H(λ)) + σ(µ_i),
+        \qquad H(λ) = -\sum_j λ_j \log λ_j .
+
+    Args:
+      mu: auxiliary logits, shape (K,).
+
+    Returns:
+      An array of shape (K,) in float32 or wider.
+    """
+    logits = _full_logits(_logit_vector(mu))
+    log_weights = jax.nn.log_softmax(logits)
+    weights = jnp.exp(log_weights)
+    entropy = -jnp.sum(weights * log_weights)
+    return (weights * (log_weights + entropy))[1:] + jax.nn.sigmoid(logits[1:])
+
+
+def _named(mu: ArrayLike, auxiliary: Sequence[str]) -> dict[str, jax.Array]:
+    mu = _logit_vector(mu)
+    if len(auxiliary) != mu.shape[0]:
+        raise ValueError(
+            f"mu has {mu.shape[0]} logits but {len(auxiliary)} auxiliary names were given: "
+            f"{list(auxiliary)}."
+        )
+    return dict(zip(auxiliary, mu))
+
+
+def named_composite(
+    mu: ArrayLike, losses: Mapping[str, ArrayLike], primary: str, auxiliary: Sequence[str]
+) -> jax.Array:
+    """:func:`yoto_composite` of a dict of losses, for array logits whose names are known.
+
+    Args:
+      mu: logits of shape (K,), in the order of ``auxiliary``.
+      losses: scalar losses named ``primary`` and every name in ``auxiliary``.
+      primary: the primary loss's name.
+      auxiliary: the K auxiliary names.
+
+    Returns:
+      The scalar composite loss.
+    """
+    named = _named(mu, auxiliary)
+    found = _checks.primary_name(named, losses)
+    if found != primary:
+        raise KeyError(f"losses must hold the primary loss {primary!r}, got {found!r} instead.")
+    return yoto_composite(named, losses)
+
+
+def named_loss_weights(
+    mu: ArrayLike, primary: str, auxiliary: Sequence[str]
+) -> dict[str, jax.Array]:
+    """λ by name for array logits, e.g. for logging: ``{primary: λ_0, aux_i: λ_i}``."""
+    return loss_weights(_named(mu, auxiliary), primary=primary)

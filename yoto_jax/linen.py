@@ -1,0 +1,49 @@
+"""Flax Linen integration: µ as a parameter named ``yoto_mu`` in the model's params."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+from jax.typing import ArrayLike
+
+from yoto_jax.composite import DEFAULT_EPS, init_mu, named_composite, named_loss_weights
+from yoto_jax.selection import MU_KEY
+
+
+class LossWeights(nn.Module):
+    """Learnable YOTO loss weights for one composite loss inside a Linen model.
+
+    The logits live in ``params[...]["yoto_mu"]`` and are updated with the rest of
+    the params by the ``TrainState``'s optimizer; :func:`yoto_jax.mu_mask` selects them.
+
+    Attributes:
+      primary: the name of the primary loss.
+      auxiliary: the names of the K >= 1 auxiliary losses.
+      eps: the initial weight of each auxiliary relative to the primary.
+
+    Example:
+      >>> import jax, yoto_jax
+      >>> from yoto_jax.linen import LossWeights
+      >>> module = LossWeights("depth", ("segmentation", "consistency"))
+      >>> losses = {"depth": 1.0, "segmentation": 0.7, "consistency": 0.2}
+      >>> variables = module.init(jax.random.key(0), losses)
+      >>> weights = module.apply(variables, method=LossWeights.weights)
+    """
+
+    primary: str
+    auxiliary: Sequence[str]
+    eps: float = DEFAULT_EPS
+
+    def setup(self):
+        init_mu([self.primary, *self.auxiliary], self.eps)  # validates the names and eps
+        self.mu = self.param(MU_KEY, lambda _key: init_mu(len(self.auxiliary), self.eps))
+
+    def __call__(self, losses: Mapping[str, ArrayLike]) -> jax.Array:
+        """The composite loss Σ λ_i l_i of a dict of scalar losses."""
+        return named_composite(self.mu, losses, self.primary, tuple(self.auxiliary))
+
+    def weights(self) -> dict[str, jax.Array]:
+        """The current λ by loss name, for logging."""
+        return named_loss_weights(self.mu, self.primary, tuple(self.auxiliary))

@@ -1,0 +1,58 @@
+"""Selecting the µ leaves of a parameter tree by key path, for masks and partitions.
+
+The library stores µ under the key ``yoto_mu`` (``MU_KEY``): the NNX and Linen
+``LossWeights`` modules name their parameter so, and functional code can use
+``{"model": ..., "yoto_mu": init_mu(...)}``. Any leaf whose key path contains
+that key is a µ leaf, wherever it sits, so several µ groups in one model work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+MU_KEY = "yoto_mu"
+"""The parameter name under which µ is stored."""
+
+
+def _path_names(path: tuple) -> list[Any]:
+    names = []
+    for entry in path:
+        if isinstance(entry, jax.tree_util.DictKey):
+            names.append(entry.key)
+        elif isinstance(entry, jax.tree_util.GetAttrKey):
+            names.append(entry.name)
+    return names
+
+
+def is_mu_path(path: tuple) -> bool:
+    """Whether a key path (from ``jax.tree_util.tree_flatten_with_path``) leads to µ."""
+    return MU_KEY in _path_names(path)
+
+
+def mu_mask(params: Any) -> Any:
+    """A tree of bools like ``params``: True for the µ leaves (under a ``yoto_mu`` key).
+
+    Pass it as the ``mask`` of :func:`yoto_jax.hyperparameter_decay` (or any optax
+    mask) to act on µ only, or negate it to exclude µ from weight decay:
+
+    >>> import optax, yoto_jax
+    >>> tx = optax.chain(
+    ...     yoto_jax.hyperparameter_decay(0.1, mask=yoto_jax.mu_mask),
+    ...     optax.adamw(1e-3, mask=yoto_jax.model_mask),
+    ... )
+    """
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_mu_path(path), params)
+
+
+def model_mask(params: Any) -> Any:
+    """The complement of :func:`mu_mask`: True for every leaf that is not µ."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: not is_mu_path(path), params)
+
+
+def mu_labels(params: Any, mu_label: str = "mu", model_label: str = "model") -> Any:
+    """Labels for ``optax.partition``: ``mu_label`` for µ leaves, ``model_label`` otherwise."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: mu_label if is_mu_path(path) else model_label, params
+    )
