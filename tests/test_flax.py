@@ -1,0 +1,159 @@
+"""Flax NNX and Linen training loops: model weights and µ in one pytree, one optimizer."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from flax.training import train_state
+
+import yoto_jax
+from yoto_jax.linen import LossWeights as LinenLossWeights
+from yoto_jax.nnx import LossWeights, YotoMu
+
+EPS = 0.1
+
+
+def two_target_data():
+    """x ↦ (noisy target, easy target): the primary loss stays ≈ its noise level
+    (0.25) while the auxiliary goes to 0, so Eq. 6 makes the auxiliary weight rise."""
+    key_x, key_noise = jax.random.split(jax.random.key(0))
+    x = jax.random.normal(key_x, (64, 4))
+    primary = x @ jnp.array([1.0, -1.0, 0.5, 0.0]) + 0.5 * jax.random.normal(key_noise, (64,))
+    auxiliary = x @ jnp.array([0.0, 1.0, 1.0, -1.0])
+    return x, primary, auxiliary
+
+
+def check_trained(mu_trajectory, primary_losses):
+    mu_trajectory = np.asarray(mu_trajectory)
+    assert np.all(np.isfinite(mu_trajectory))
+    assert mu_trajectory[-1, 0] > np.log(EPS) + 0.3, "µ of the vanishing auxiliary must rise"
+    assert primary_losses[-1] < 0.5 * primary_losses[0]
+
+
+class TwoHeads(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.body = nnx.Linear(4, 2, rngs=rngs)
+        self.loss_weights = LossWeights("primary", ["auxiliary"], eps=EPS)
+
+    def losses(self, x, primary, auxiliary):
+        out = self.body(x)
+        return {
+            "primary": jnp.mean((out[:, 0] - primary) ** 2),
+            "auxiliary": jnp.mean((out[:, 1] - auxiliary) ** 2),
+        }
+
+
+def test_nnx_loop_trains_model_and_mu_with_one_optimizer():
+    model = TwoHeads(nnx.Rngs(0))
+    tx = yoto_jax.yoto_optimizer(optax.adam(0.05), rho=0.1)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, batch):
+        def loss_fn(model):
+            losses = model.losses(*batch)
+            return model.loss_weights(losses), losses
+
+        (_, losses), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        return losses
+
+    batch = two_target_data()
+    mus, primary_losses = [], []
+    for _ in range(150):
+        primary_losses.append(float(train_step(model, optimizer, batch)["primary"]))
+        mus.append(np.array(model.loss_weights.mu))
+    check_trained(mus, primary_losses)
+    weights = model.loss_weights.weights()
+    np.testing.assert_allclose(
+        [weights["primary"], weights["auxiliary"]], yoto_jax.loss_weights(mus[-1]), rtol=1e-6
+    )
+
+
+def test_nnx_state_mask_selects_every_mu_group():
+    class Shared(nnx.Module):
+        def __init__(self):
+            self.depth_weights = LossWeights("depth", ["seg", "consistency"])
+            self.seg_weights = LossWeights("seg", ["dice"], eps=0.5)
+            self.head = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+
+    model = Shared()
+    state = nnx.state(model, nnx.Param)
+    mask = yoto_jax.mu_mask(state)
+    selected = [leaf for leaf, m in zip(jax.tree.leaves(state), jax.tree.leaves(mask)) if m]
+    assert sorted(leaf.shape for leaf in selected) == [(1,), (2,)]
+    assert len(jax.tree.leaves(nnx.state(model, YotoMu))) == 2
+    # the two groups get independent regulariser gradients through one optimizer
+    optimizer = nnx.Optimizer(
+        model, yoto_jax.yoto_optimizer(optax.sgd(1.0), rho=1.0), wrt=nnx.Param
+    )
+    zero_grads = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    before = {"depth": model.depth_weights.mu, "seg": model.seg_weights.mu}
+    optimizer.update(model, zero_grads)
+    np.testing.assert_allclose(
+        model.depth_weights.mu,
+        before["depth"] - yoto_jax.regularizer_grad(before["depth"]),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        model.seg_weights.mu, before["seg"] - yoto_jax.regularizer_grad(before["seg"]), rtol=1e-6
+    )
+
+
+class LinenTwoHeads(nn.Module):
+    @nn.compact
+    def __call__(self, x, primary, auxiliary):
+        out = nn.Dense(2)(x)
+        losses = {
+            "primary": jnp.mean((out[:, 0] - primary) ** 2),
+            "auxiliary": jnp.mean((out[:, 1] - auxiliary) ** 2),
+        }
+        return LinenLossWeights("primary", ("auxiliary",), eps=EPS, name="loss_weights")(
+            losses
+        ), losses
+
+
+def test_linen_train_state_loop_trains_model_and_mu():
+    batch = two_target_data()
+    module = LinenTwoHeads()
+    params = module.init(jax.random.key(1), *batch)["params"]
+    np.testing.assert_allclose(params["loss_weights"]["yoto_mu"], [np.log(EPS)], rtol=1e-6)
+    state = train_state.TrainState.create(
+        apply_fn=module.apply, params=params, tx=yoto_jax.yoto_optimizer(optax.adam(0.05), 0.1)
+    )
+
+    @jax.jit
+    def train_step(state, batch):
+        def loss_fn(params):
+            return state.apply_fn({"params": params}, *batch)
+
+        (_, losses), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads), losses
+
+    mus, primary_losses = [], []
+    for _ in range(150):
+        state, losses = train_step(state, batch)
+        primary_losses.append(float(losses["primary"]))
+        mus.append(np.array(state.params["loss_weights"]["yoto_mu"]))
+    check_trained(mus, primary_losses)
+    weights = LinenLossWeights("primary", ("auxiliary",)).apply(
+        {"params": state.params["loss_weights"]}, method=LinenLossWeights.weights
+    )
+    np.testing.assert_allclose(weights["auxiliary"], yoto_jax.loss_weights(mus[-1])[1], rtol=1e-6)
+
+
+def test_modules_check_loss_names():
+    weights = LossWeights("depth", ["seg"])
+    with pytest.raises(KeyError, match=r"missing the auxiliary losses \['seg'\]"):
+        weights({"depth": 1.0, "other": 2.0})
+    with pytest.raises(KeyError, match="primary loss 'depth'"):
+        weights({"seg": 1.0, "rgb": 2.0})
+    with pytest.raises(ValueError, match="unique"):
+        LossWeights("depth", ["depth"])
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        LinenLossWeights("depth", ("seg",), eps=0.0).init(
+            jax.random.key(0), {"depth": 1.0, "seg": 1.0}
+        )
