@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
+from jax.typing import ArrayLike, DTypeLike
 
 from yoto_jax import _checks
 
@@ -133,7 +133,9 @@ def yoto_composite(mu: Logits, losses: Losses) -> jax.Array:
 
 
 def init_mu(
-    num_aux_or_names: int | Sequence[str], eps: float = DEFAULT_EPS, dtype=jnp.float32
+    num_aux_or_names: int | Sequence[str],
+    eps: float = DEFAULT_EPS,
+    dtype: DTypeLike = jnp.float32,
 ) -> jax.Array | dict[str, jax.Array]:
     """Initial logits µ_i = log ε: each auxiliary starts at ε times the primary's weight.
 
