@@ -3,6 +3,7 @@
 Reference: C. Sakaridis, "You Only Train Once", arXiv:2506.04349.
 """
 
+from yoto_jax import baselines
 from yoto_jax.composite import (
     DEFAULT_EPS,
     init_mu,
@@ -20,6 +21,7 @@ from yoto_jax.selection import MU_KEY, is_mu_path, model_mask, mu_labels, mu_mas
 __version__ = "0.1.0"
 
 __all__ = [
+    "baselines",
     "DEFAULT_EPS",
     "DEFAULT_RHO",
     "MU_KEY",

@@ -1,0 +1,204 @@
+"""GradNorm (Chen et al., ICML 2018): learn weights that balance gradient norms."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from yoto_jax import _checks
+from yoto_jax.baselines._common import loss_vector, num_losses_arg, selected_leaves
+
+DEFAULT_GRADNORM_ALPHA = 1.5
+"""The restoring-force strength α of the reference."""
+
+GRADNORM_KEY = "gradnorm_logits"
+"""A suggested parameter name for GradNorm's logits s, next to the model's parameters."""
+
+
+class GradNormState(NamedTuple):
+    """The initial losses l(0) that the training rates are measured against."""
+
+    initial_losses: jax.Array  # shape=(T,): l(0), set on the first step
+    count: jax.Array  # shape=(), int32: steps taken
+
+
+def gradnorm_weights(logits: ArrayLike) -> jax.Array:
+    r"""GradNorm's loss weights :math:`w = T \operatorname{softmax}(s)`, which sum to T.
+
+    Args:
+      logits: s, shape (T,).
+
+    Returns:
+      An array of shape (T,), float32 or wider.
+    """
+    logits = loss_vector(logits, what="logits")
+    return logits.shape[0] * jax.nn.softmax(logits)
+
+
+def gradnorm_balance_loss(
+    logits: ArrayLike,
+    grad_norms: ArrayLike,
+    losses: ArrayLike,
+    initial_losses: ArrayLike,
+    alpha: float = DEFAULT_GRADNORM_ALPHA,
+) -> jax.Array:
+    r"""GradNorm's loss on the logits s: gradient norms pulled towards a common rate.
+
+    .. math::
+        G_i = w_i \lVert \nabla_W l_i \rVert, \quad
+        r_i = \frac{l_i / l_i(0)}{\operatorname{mean}_j (l_j / l_j(0))}, \quad
+        L_\text{grad} = \sum_i \big| G_i - \operatorname{sg}\big(\bar G\, r_i^{α}\big) \big|,
+
+    with :math:`w = T \operatorname{softmax}(s)` and :math:`\bar G = \operatorname{mean}_j
+    G_j`. Since :math:`w_i > 0`, :math:`\lVert\nabla_W (w_i l_i)\rVert = w_i
+    \lVert\nabla_W l_i\rVert`, so only the unweighted norms are needed. Its gradient is
+
+    .. math::
+        \frac{\partial L_\text{grad}}{\partial s} = T\, z \odot (u - z^\top u),
+        \qquad u_i = \operatorname{sign}(G_i - \bar G r_i^{α}) \lVert\nabla_W l_i\rVert,
+        \quad z = \operatorname{softmax}(s).
+
+    Args:
+      logits: s, shape (T,).
+      grad_norms: :math:`\lVert \nabla_W l_i \rVert`, shape (T,) (treated as constants).
+      losses: this step's losses, shape (T,).
+      initial_losses: l(0), shape (T,), positive.
+      alpha: α >= 0; larger pulls harder towards equal training rates (1.5 in the
+        reference; α = 0 equalises the gradient norms).
+
+    Returns:
+      The scalar :math:`L_\text{grad}`, differentiable in ``logits`` only.
+    """
+    _checks.non_negative(alpha, "alpha")
+    weights = gradnorm_weights(logits)
+    num_losses = weights.shape[0]
+    grad_norms, losses, initial_losses = (
+        jax.lax.stop_gradient(loss_vector(x, num_losses, what=what))
+        for x, what in (
+            (grad_norms, "grad_norms"),
+            (losses, "losses"),
+            (initial_losses, "initial_losses"),
+        )
+    )
+    norms = weights * grad_norms.astype(weights.dtype)
+    rates = losses / initial_losses
+    relative_rates = (rates / jnp.mean(rates)).astype(weights.dtype)
+    target = jax.lax.stop_gradient(jnp.mean(norms) * relative_rates**alpha)
+    return jnp.sum(jnp.abs(norms - target))
+
+
+def _shared_grad_norms(per_loss_grads: Any, shared: Any, num_losses: int) -> jax.Array:
+    """‖∇_W l_i‖ for each i from per-loss gradients with a leading axis of size T."""
+    leaves = jax.tree.leaves(per_loss_grads)
+    squared = [
+        jnp.sum(jnp.square(g).reshape(num_losses, -1), axis=1)
+        for g, selected in zip(leaves, selected_leaves(shared, per_loss_grads))
+        if selected
+    ]
+    return jnp.sqrt(sum(squared))
+
+
+class GradNorm(NamedTuple):
+    """GradNorm's functions (see :func:`gradnorm`).
+
+    Attributes:
+      init: ``init(num_losses) -> GradNormState``.
+      grads: ``grads(loss_fn, params, logits, state) -> (param_grads, logit_grad,
+        state, losses)``.
+    """
+
+    init: Callable[[int], GradNormState]
+    grads: Callable[..., tuple[Any, jax.Array, GradNormState, jax.Array]]
+
+
+def gradnorm(shared: Any | Callable[[Any], Any], alpha: float = DEFAULT_GRADNORM_ALPHA) -> GradNorm:
+    r"""GradNorm: weights w = T softmax(s), with s learnt on the gradient-balancing loss.
+
+    One call of ``grads(loss_fn, params, logits, state)`` does GradNorm's step:
+
+    * the model's gradient is :math:`\sum_i \operatorname{sg}(w_i) \nabla l_i` (all of
+      ``params``);
+    * the logits' gradient is :math:`\nabla_s L_\text{grad}`
+      (:func:`gradnorm_balance_loss`), with the norms taken over the shared
+      parameters W that ``shared`` selects; s gets no gradient from the model's loss.
+
+    Give both gradients to the model's optimizer (s next to the model's parameters,
+    e.g. under :data:`GRADNORM_KEY`), as in the reference. l(0) is the losses of the
+    first step this state sees.
+
+    W is the caller's choice: the paper takes the last shared layer (cheaper); LibMTL
+    takes all shared parameters. Cost: one forward pass, T backward passes for the
+    per-loss gradients (vmapped; under ``jit`` XLA drops the parts below W) and one
+    for the model's gradient.
+
+    Deviations from the paper: the weights are a softmax of logits (as in LibMTL and
+    the issue's definition) instead of free weights renormalised to sum to T after
+    each step; l(0) is the first step's losses (LibMTL uses the first epoch's mean,
+    with equal weights during that epoch).
+
+    Args:
+      shared: which parameters are W: a tree of bools with the structure of the
+        params (or a prefix of it), or a callable returning one from a tree of that
+        structure (it is given the per-loss gradients); True selects.
+      alpha: α >= 0 (1.5 in the reference).
+
+    Returns:
+      A :class:`GradNorm` of ``init`` and ``grads``. ``loss_fn(params)`` must return
+      the losses, shape (T,); ``logits`` is s, shape (T,) (start at zeros: w = 1).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from yoto_jax.baselines import gradnorm
+      >>> params = {"trunk": jnp.ones(3), "heads": jnp.array([1.0, 2.0])}
+      >>> def loss_fn(p):
+      ...     feature = jnp.sum(p["trunk"])
+      ...     return (p["heads"] * feature - jnp.array([1.0, 0.0])) ** 2
+      >>> method = gradnorm(shared={"trunk": True, "heads": False})
+      >>> state = method.init(2)
+      >>> param_grads, logit_grad, state, losses = method.grads(
+      ...     loss_fn, params, jnp.zeros(2), state
+      ... )
+
+    References:
+      Chen, Badrinarayanan, Lee and Rabinovich, "GradNorm: Gradient Normalization for
+      Adaptive Loss Balancing in Deep Multitask Networks", ICML 2018, Eq. (1)-(2);
+      LibMTL's ``GradNorm``.
+    """
+    _checks.non_negative(alpha, "alpha")
+    if shared is None:
+        raise TypeError("shared must select the shared parameters W (a bool tree or a callable).")
+
+    def init_fn(num_losses: int) -> GradNormState:
+        num_losses = num_losses_arg(num_losses)
+        return GradNormState(
+            initial_losses=jnp.ones((num_losses,), jnp.float32), count=jnp.zeros([], jnp.int32)
+        )
+
+    def grads_fn(
+        loss_fn: Callable[[Any], jax.Array], params: Any, logits: ArrayLike, state: GradNormState
+    ) -> tuple[Any, jax.Array, GradNormState, jax.Array]:
+        raw_losses, vjp_fn = jax.vjp(loss_fn, params)
+        num_losses = state.initial_losses.shape[0]
+        losses = jax.lax.stop_gradient(loss_vector(raw_losses, num_losses))
+        logits = loss_vector(logits, num_losses, what="logits")
+        weights = jax.lax.stop_gradient(gradnorm_weights(logits))
+        (param_grads,) = vjp_fn(weights.astype(raw_losses.dtype))
+        (per_loss_grads,) = jax.vmap(vjp_fn)(jnp.eye(num_losses, dtype=raw_losses.dtype))
+        grad_norms = _shared_grad_norms(per_loss_grads, shared, num_losses)
+        initial_losses = jnp.where(
+            state.count == 0, losses.astype(state.initial_losses.dtype), state.initial_losses
+        )
+        logit_grad = jax.grad(gradnorm_balance_loss)(
+            logits, grad_norms, losses, initial_losses, alpha
+        )
+        new_state = GradNormState(
+            initial_losses=initial_losses, count=optax.safe_increment(state.count)
+        )
+        return param_grads, logit_grad, new_state, losses
+
+    return GradNorm(init_fn, grads_fn)
