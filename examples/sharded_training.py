@@ -8,9 +8,10 @@ Run on CPU with simulated devices (the flag must be set before JAX starts):
 
     python examples/sharded_training.py --devices 8 --steps 24
 
-It trains the same small three-loss regression model on one device, then data
-parallel and FSDP on all devices, prints how far the 8-device losses and µ are
-from the 1-device ones, and counts the collectives in the compiled train step
+It trains the same small three-loss regression model on one device, then on all
+devices three ways (data parallel by sharding annotations, FSDP, and data parallel
+written per device with ``jax.shard_map``), prints how far the 8-device losses and µ
+are from the 1-device ones, and counts the collectives in the compiled train step
 with YOTO and with fixed loss weights. ``--json FILE`` writes all of it to a file
 (``tests/test_sharding.py`` runs this script so).
 """
@@ -19,8 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
-from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +40,7 @@ BATCH = 64  # the global batch; each of n devices holds BATCH / n examples
 LEARNING_RATE = 3e-2  # µ shares the model's Adam; a large rate lets it move in a short run
 RHO = 0.1
 EPS = 0.5
+STRATEGIES = ("dp", "fsdp", "shard_map")
 
 Params = dict[str, Any]
 Batch = tuple[jax.Array, jax.Array]
@@ -83,20 +85,38 @@ def task_losses(model: Params, batch: Batch, gather: bool) -> jax.Array:
     return jnp.concatenate([errors, consistency[None]])
 
 
-def make_step(tx: optax.GradientTransformation, gather: bool, yoto: bool = True) -> Step:
-    """A jitted train step; ``yoto=False`` gives the same step with fixed loss weights,
-    those YOTO starts from."""
-    fixed_weights = yoto_jax.loss_weights(yoto_jax.init_mu(2, eps=EPS))
+def make_step(tx: optax.GradientTransformation, strategy: str, yoto: bool = True) -> Step:
+    """A jitted train step for ``strategy`` ("dp", "fsdp" or "shard_map"); ``yoto=False``
+    gives the same step with fixed loss weights, those YOTO starts from.
+
+    "dp" and "fsdp" write the step for the global batch and let JAX partition it.
+    "shard_map" writes the loss per device: each device computes L_e on its part of
+    the batch, and the mean over the mesh (``pmean``) is the loss that is
+    differentiated; JAX sums the gradients of the replicated params and µ across
+    devices. That is exact for YOTO too: L_e is linear in the losses and λ depends on
+    the replicated µ alone, so the mean of per-device L_e is the global-batch L_e.
+    """
+    fixed_weights = np.asarray(yoto_jax.loss_weights(yoto_jax.init_mu(2, eps=EPS)))
 
     def loss_fn(params: Params, batch: Batch) -> jax.Array:
-        losses = task_losses(params["model"], batch, gather)
+        losses = task_losses(params["model"], batch, gather=strategy == "fsdp")
         if yoto:
             return yoto_jax.yoto_composite(params[yoto_jax.MU_KEY], losses)
         return jnp.dot(fixed_weights, losses)
 
+    def mean_over_devices(params: Params, batch: Batch) -> jax.Array:
+        return jax.lax.pmean(loss_fn(params, batch), AXIS)
+
+    if strategy == "shard_map":
+        value_and_grad = jax.shard_map(
+            jax.value_and_grad(mean_over_devices), in_specs=(P(), P(AXIS)), out_specs=P()
+        )
+    else:
+        value_and_grad = jax.value_and_grad(loss_fn)
+
     @jax.jit
     def step(params: Params, opt_state: optax.OptState, batch: Batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        loss, grads = value_and_grad(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -110,9 +130,9 @@ def make_optimizer(yoto: bool = True) -> optax.GradientTransformation:
 
 
 def param_spec(path: tuple, leaf: jax.Array, strategy: str, num_shards: int) -> P:
-    """Where a parameter lives: µ and, for "dp", everything replicated; for "fsdp",
-    the model's weights split over the mesh along their first divisible axis."""
-    if strategy == "dp" or yoto_jax.is_mu_path(path):
+    """Where a parameter lives: µ and, but for "fsdp", everything replicated; for
+    "fsdp", the model's weights split over the mesh along their first divisible axis."""
+    if strategy != "fsdp" or yoto_jax.is_mu_path(path):
         return P()
     for axis, size in enumerate(leaf.shape):
         if size % num_shards == 0:
@@ -121,7 +141,7 @@ def param_spec(path: tuple, leaf: jax.Array, strategy: str, num_shards: int) -> 
 
 
 def place(params: Params, mesh: jax.sharding.Mesh, strategy: str) -> Params:
-    """``params`` laid out on ``mesh`` for ``strategy`` ("dp" or "fsdp")."""
+    """``params`` laid out on ``mesh`` for ``strategy``."""
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: jax.device_put(
             leaf, NamedSharding(mesh, param_spec(path, leaf, strategy, mesh.size))
@@ -130,46 +150,78 @@ def place(params: Params, mesh: jax.sharding.Mesh, strategy: str) -> Params:
     )
 
 
-def shardings(tree: Any) -> list[str]:
-    """The sharding of every leaf, as comparable strings."""
-    return [str(leaf.sharding) for leaf in jax.tree.leaves(tree)]
+def same_layout(tree: Any, reference: Any) -> bool:
+    """Whether every leaf of ``tree`` is laid out as in ``reference`` (P() and
+    P(None, None) are the same layout), so an update moved or resharded nothing."""
+    return all(
+        leaf.sharding.is_equivalent_to(ref.sharding, leaf.ndim)
+        for leaf, ref in zip(jax.tree.leaves(tree), jax.tree.leaves(reference), strict=True)
+    )
+
+
+def sharded_leaves(tree: Any) -> list[str]:
+    """The key paths of the leaves of ``tree`` that are split over devices."""
+    return [
+        jax.tree_util.keystr(path)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if not leaf.sharding.is_fully_replicated
+    ]
+
+
+def setup(
+    mesh: jax.sharding.Mesh, strategy: str, yoto: bool = True
+) -> tuple[Step, Params, optax.OptState]:
+    """The train step and the initial params and optimizer state laid out on ``mesh``.
+    Call it under ``jax.set_mesh(mesh)``."""
+    tx = make_optimizer(yoto)
+    params = place(init_params(jax.random.key(0), yoto), mesh, strategy)
+    return make_step(tx, strategy, yoto), params, jax.jit(tx.init)(params)
 
 
 def train(mesh: jax.sharding.Mesh, strategy: str, steps: int) -> dict[str, Any]:
-    """Trains from a fixed initialisation; returns the loss and µ trajectories and
-    whether the optimizer state's shardings stayed those it was initialised with."""
-    tx = make_optimizer()
-    step = make_step(tx, gather=strategy == "fsdp")
+    """Trains from a fixed initialisation; returns the loss and µ trajectories, whether
+    the params' and optimizer state's shardings stayed as initialised, and which
+    leaves are split over devices."""
     data = NamedSharding(mesh, P(AXIS))
     with jax.set_mesh(mesh):
-        params = place(init_params(jax.random.key(0)), mesh, strategy)
-        opt_state = jax.jit(tx.init)(params)
-        initial = shardings((params, opt_state))
+        step, params, opt_state = setup(mesh, strategy)
+        initial = (params, opt_state)
         losses, mus, stable = [], [], True
         for t in range(steps):
             batch = jax.device_put(make_batch(t), data)
             params, opt_state, loss = step(params, opt_state, batch)
-            stable &= shardings((params, opt_state)) == initial
+            stable &= same_layout((params, opt_state), initial)
             losses.append(float(loss))
             mus.append(np.asarray(params[yoto_jax.MU_KEY]).tolist())
-    return {"loss": losses, "mu": mus, "shardings_stable": stable}
+    return {
+        "loss": losses,
+        "mu": mus,
+        "shardings_stable": stable,
+        "sharded": sharded_leaves({"params": params, "opt_state": opt_state}),
+    }
 
 
 COLLECTIVE = re.compile(
-    r"\b(all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\("
+    r"= (.+?) (all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(?:-start)?\("
 )
+SHAPE = re.compile(r"[a-z]+\d*\[([\d,]*)\]")
 
 
-def collectives(mesh: jax.sharding.Mesh, strategy: str, yoto: bool) -> dict[str, int]:
-    """The collective ops in the compiled train step, by kind, e.g. {"all-reduce": 3}."""
-    tx = make_optimizer(yoto)
-    step = make_step(tx, gather=strategy == "fsdp", yoto=yoto)
+def collectives(mesh: jax.sharding.Mesh, strategy: str, yoto: bool) -> dict[str, list[int]]:
+    """The collectives of the compiled train step: for each kind, [ops, elements moved],
+    e.g. {"all-reduce": [1, 2115]}."""
     with jax.set_mesh(mesh):
-        params = place(init_params(jax.random.key(0), yoto), mesh, strategy)
-        opt_state = jax.jit(tx.init)(params)
+        step, params, opt_state = setup(mesh, strategy, yoto)
         batch = jax.device_put(make_batch(0), NamedSharding(mesh, P(AXIS)))
         hlo = step.lower(params, opt_state, batch).compile().as_text()
-    return dict(Counter(COLLECTIVE.findall(hlo)))
+    found: dict[str, list[int]] = {}
+    for result_type, kind in COLLECTIVE.findall(hlo):
+        sizes = [
+            math.prod(int(d) for d in dims.split(",") if d) for dims in SHAPE.findall(result_type)
+        ]
+        ops, elements = found.get(kind, [0, 0])
+        found[kind] = [ops + 1, elements + sum(sizes)]
+    return found
 
 
 def single_device_mesh() -> jax.sharding.Mesh:
@@ -180,8 +232,11 @@ def single_device_mesh() -> jax.sharding.Mesh:
 def run(steps: int) -> dict[str, Any]:
     """Every run and collective count of this example, on all devices and on one."""
     mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
-    report: dict[str, Any] = {"devices": jax.device_count(), "single": train(single_device_mesh(), "dp", steps)}
-    for strategy in ("dp", "fsdp"):
+    report: dict[str, Any] = {
+        "devices": jax.device_count(),
+        "single": train(single_device_mesh(), "dp", steps),
+    }
+    for strategy in STRATEGIES:
         report[strategy] = train(mesh, strategy, steps)
         report[f"{strategy}_collectives"] = {
             "yoto": collectives(mesh, strategy, yoto=True),
@@ -199,7 +254,7 @@ def main() -> None:
     jax.config.update("jax_num_cpu_devices", args.devices)  # CPU only; before JAX starts
     report = run(args.steps)
     single = report["single"]
-    for strategy in ("dp", "fsdp"):
+    for strategy in STRATEGIES:
         result = report[strategy]
         loss_gap = np.max(np.abs(np.subtract(result["loss"], single["loss"])))
         mu_gap = np.max(np.abs(np.subtract(result["mu"], single["mu"])))
