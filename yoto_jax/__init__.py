@@ -15,28 +15,33 @@ from yoto_jax.composite import (
     yoto_composite,
 )
 from yoto_jax.decay import DEFAULT_RHO, HyperparameterDecayState, hyperparameter_decay
+from yoto_jax.grid import grid_search, loss_weight_grid, random_loss_weights, vmapped_training
 from yoto_jax.optimizer import yoto_optimizer
 from yoto_jax.selection import MU_KEY, is_mu_path, model_mask, mu_labels, mu_mask
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "baselines",
     "DEFAULT_EPS",
     "DEFAULT_RHO",
     "MU_KEY",
     "HyperparameterDecayState",
+    "baselines",
+    "grid_search",
     "hyperparameter_decay",
     "init_mu",
     "is_mu_path",
+    "loss_weight_grid",
     "loss_weights",
     "model_mask",
     "mu_labels",
     "mu_mask",
     "named_composite",
     "named_loss_weights",
+    "random_loss_weights",
     "regularizer",
     "regularizer_grad",
+    "vmapped_training",
     "yoto_composite",
     "yoto_optimizer",
 ]

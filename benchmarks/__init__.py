@@ -1,0 +1,1 @@
+"""The yoto_jax benchmark suite: one YOTO run against grid and random search (see README.md)."""

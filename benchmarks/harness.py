@@ -1,0 +1,226 @@
+"""The training loop, evaluation, and running configurations as one vmapped program.
+
+One run: `fit` trains the task's model with a `Weighting` for ``task.training.steps``
+Adam steps (learning rate decaying from ``task.training.learning_rate`` to 0 on a cosine;
+batches drawn with replacement from the training split), logging λ and
+the train/val losses every ``log_every`` steps; then `evaluate` measures the model on
+the validation and test splits. Every run of a
+method, over its configurations and seeds, is one ``yoto_jax.grid.vmapped_training``
+program. Within a seed every configuration and method gets the same key: the same
+initialisation and the same batches.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.methods import Config, Method, StepContext, Weighting, stack_trees
+from benchmarks.tasks.base import Batch, Params, Splits, Task
+from yoto_jax.grid import vmapped_training
+
+
+class Curves(NamedTuple):
+    """Logged every ``log_every`` steps; each field has shape (steps / log_every, K+1)."""
+
+    weights: jax.Array  # λ applied at the interval's last step
+    train: jax.Array  # mean training losses over the interval
+    val: jax.Array  # losses on the first ``eval_chunk`` validation examples, at its end
+
+
+def seed_key(seed: int) -> jax.Array:
+    """The training key of a seed: initialisation and batches."""
+    return jax.random.key(seed)
+
+
+def evaluate(task: Task, model_params: Params, split: Batch) -> dict[str, jax.Array]:
+    """The task's metrics on a whole split, summed over chunks of ``eval_chunk`` examples."""
+    chunk = task.training.eval_chunk
+    size = jax.tree.leaves(split)[0].shape[0]
+    if size % chunk:
+        raise ValueError(f"{task.name}: split size {size} is not a multiple of eval_chunk {chunk}.")
+    chunks = jax.tree.map(lambda x: x.reshape(size // chunk, chunk, *x.shape[1:]), split)
+    stats = jax.lax.map(lambda batch: task.statistics(model_params, batch), chunks)
+    return task.metrics(jax.tree.map(lambda x: jnp.sum(x, axis=0), stats))
+
+
+def split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A run's key, split into the initialisation key and the training-loop key."""
+    init_key, loop_key = jax.random.split(key)
+    return init_key, loop_key
+
+
+def fit(
+    task: Task,
+    weighting: Weighting,
+    config: Config,
+    model_params: Params,
+    key: jax.Array,
+    data: Splits,
+) -> tuple[Params, jax.Array, Curves]:
+    """Trains the task's model from `model_params` with `weighting`.
+
+    Args:
+      task: the task.
+      weighting: the loss-weighting rule.
+      config: its configuration.
+      model_params: the initial parameters, ``task.init(split_key(key)[0])``.
+      key: the run's key (batches, augmentations, the weighting's randomness).
+      data: ``task.data`` (passed as an argument, so that it is not a compiled constant).
+
+    Returns:
+      The trained model's parameters, the final weights λ (K+1,), and the `Curves`.
+    """
+    steps, batch_size, learning_rate, log_every, eval_chunk = task.training
+    if steps % log_every:
+        raise ValueError(f"{task.name}: steps {steps} is not a multiple of log_every {log_every}.")
+    loop_key, val_key = jax.random.split(split_key(key)[1])
+    weighting_params, state = weighting.init(config, len(task.loss_names))
+    params = {"model": model_params, "weighting": weighting_params}
+    schedule = optax.cosine_decay_schedule(learning_rate, steps)
+    tx = weighting.optimizer(config, optax.adam(schedule), schedule)
+    shared_mask = task.shared_mask(model_params)
+    num_train = jax.tree.leaves(data.train)[0].shape[0]
+    val_batch = jax.tree.map(lambda x: x[:eval_chunk], data.val)
+
+    def train_step(carry: tuple, step: jax.Array) -> tuple[tuple, tuple[jax.Array, jax.Array]]:
+        params, opt_state, state = carry
+        batch_key, loss_key, method_key = jax.random.split(jax.random.fold_in(loop_key, step), 3)
+        index = jax.random.randint(batch_key, (batch_size,), 0, num_train)
+        batch = jax.tree.map(lambda x: x[index], data.train)
+        ctx = StepContext(
+            config=config,
+            model_params=params["model"],
+            params=params["weighting"],
+            state=state,
+            losses_fn=lambda model_params: task.losses(model_params, batch, loss_key),
+            shared_mask=shared_mask,
+            step=step,
+            key=method_key,
+        )
+        output = weighting.step(ctx)
+        grads = {"model": output.model_grads, "weighting": output.grads}
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        state = weighting.after_update(ctx, params["model"], output)
+        return (params, opt_state, state), (output.losses, output.weights)
+
+    def interval(carry: tuple, start: jax.Array) -> tuple[tuple, Curves]:
+        carry, (losses, weights) = jax.lax.scan(train_step, carry, start + jnp.arange(log_every))
+        val_losses = task.losses(carry[0]["model"], val_batch, val_key)
+        return carry, Curves(weights[-1], jnp.mean(losses, axis=0), val_losses)
+
+    carry = (params, tx.init(params), state)
+    (params, _, state), curves = jax.lax.scan(interval, carry, jnp.arange(0, steps, log_every))
+    final_weights = weighting.weights(config, params["weighting"], state)
+    return params["model"], final_weights, curves
+
+
+def train_fn(task: Task, weighting: Weighting) -> Callable[[dict, jax.Array, Splits], dict]:
+    """``train_one(run, key, data)`` for ``vmapped_training``: ``run`` is
+    ``{"config": ..., "init": initial model params}``; returns the trained params, λ, curves."""
+
+    def train_one(run: dict[str, Any], key: jax.Array, data: Splits) -> dict[str, Any]:
+        params, weights, curves = fit(task, weighting, run["config"], run["init"], key, data)
+        return {"params": params, "weights": weights, "curves": curves._asdict()}
+
+    return train_one
+
+
+class Timed(NamedTuple):
+    """Results of a program (NumPy, leading axis one per run) and its seconds.
+
+    ``results`` holds ``val`` and ``test`` (dicts of metrics), ``weights`` and ``curves``.
+    """
+
+    results: dict[str, Any]
+    compile_s: float  # compiling the training program (0 when it was already compiled)
+    run_s: float  # running the training program
+    eval_s: float  # evaluating the trained models on the val and test splits
+
+
+class Programs:
+    """Compiles each (weighting, number of runs) training program of a task once; runs them.
+
+    Initialisation and evaluation are programs of their own, compiled once per task
+    and shared by every method: that keeps them out of every training program's
+    compile time.
+    """
+
+    def __init__(self, task: Task):
+        self.task = task
+        self._compiled: dict[tuple, Any] = {}
+        self._init = jax.jit(task.init)
+        self._evaluate = jax.jit(lambda params, split: evaluate(task, params, split))
+
+    def run(self, weighting: Weighting, configs: Sequence[Config], keys: jax.Array) -> Timed:
+        """Trains every (configuration, key) pair as one vmapped program, then evaluates."""
+        init = stack_trees([self._init(split_key(key)[0]) for key in keys])
+        runs = {"config": stack_trees(list(configs)), "init": init}
+        signature = (weighting, len(configs), jax.tree.structure(runs["config"]))
+        compile_s = 0.0
+        if signature not in self._compiled:
+            start = time.perf_counter()
+            program = vmapped_training(train_fn(self.task, weighting))
+            self._compiled[signature] = program.lower(runs, keys, self.task.data).compile()
+            compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        out = jax.block_until_ready(self._compiled[signature](runs, keys, self.task.data))
+        run_s = time.perf_counter() - start
+        start = time.perf_counter()
+        params = [jax.tree.map(lambda x, i=i: x[i], out["params"]) for i in range(len(configs))]
+        splits = {"val": self.task.data.val, "test": self.task.data.test}
+        metrics = {
+            name: stack_trees([self._evaluate(p, split) for p in params])
+            for name, split in splits.items()
+        }
+        results = {**metrics, "weights": out["weights"], "curves": out["curves"]}
+        results = jax.tree.map(np.asarray, jax.block_until_ready(results))
+        return Timed(results, compile_s, run_s, time.perf_counter() - start)
+
+    def run_sequentially(self, weighting: Weighting, configs: Sequence[Config], key: jax.Array):
+        """Trains the configurations one after another (one-run program), for timing."""
+        runs = [self.run(weighting, [config], key[None]) for config in configs]
+        results = jax.tree.map(lambda *xs: np.concatenate(xs), *(run.results for run in runs))
+        seconds = [
+            sum(getattr(run, field) for run in runs) for field in ("compile_s", "run_s", "eval_s")
+        ]
+        return Timed(results, *seconds)
+
+
+def best_index(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """Index of the best value along the last axis."""
+    return np.argmax(values, -1) if higher_is_better else np.argmin(values, -1)
+
+
+class MethodRun(NamedTuple):
+    """A method's runs over seeds, results shaped (seeds, configurations, ...)."""
+
+    method: Method
+    configs: list[list[Config]]  # [seed][configuration]
+    results: dict[str, Any]
+    timed: Timed
+    selected: np.ndarray  # (seeds,) the configuration picked by validation
+
+
+def run_method(programs: Programs, method: Method, seeds: Sequence[int]) -> MethodRun:
+    """Trains every configuration of `method` for every seed, as one program."""
+    task = programs.task
+    configs = [method.configs(task.num_aux, seed) for seed in seeds]
+    per_seed = len(configs[0])
+    keys = jnp.stack([seed_key(seed) for seed in seeds for _ in range(per_seed)])
+    timed = programs.run(method.weighting, [c for group in configs for c in group], keys)
+    results = jax.tree.map(lambda x: x.reshape(len(seeds), per_seed, *x.shape[1:]), timed.results)
+    selected = best_index(results["val"][task.metric], task.higher_is_better)
+    return MethodRun(method, configs, results, timed, selected)
+
+
+def pick(values: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """values[s, selected[s]] for every seed s."""
+    return values[np.arange(len(selected)), selected]

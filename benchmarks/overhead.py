@@ -1,0 +1,343 @@
+"""The per-step cost of YOTO: a jitted train step with fixed loss weights against the
+same step with YOTO (the composite loss and ``hyperparameter_decay``), timed in one
+process, interleaved, on the same model, batch and optimizer.
+
+    python benchmarks/overhead.py [--json FILE] [--rounds N]
+
+Configurations: ``convnet`` (the depth benchmark's conv net, batch and losses: SILog,
+segmentation cross-entropy, flip consistency; benchmarks/models.py), ``resnet`` (a
+larger residual net on the same task) and ``k1`` … ``k64`` (the conv net regressing
+K + 1 maps, one loss each). Each round
+times every configuration's two steps back to back, in alternating order; the
+medians over rounds are robust to other load on the machine. ρ goes through
+``optax.inject_hyperparams`` and is changed, like µ, between timed samples: each
+step must still compile exactly once (the script fails otherwise). Numbers and
+analysis: benchmarks/OVERHEAD.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import yoto_jax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `python benchmarks/...`
+from benchmarks.models import ConvNet, depth_conv_net, depth_loss_vector
+
+LEARNING_RATE = 1e-3
+BATCH_SIZE = 16  # the depth benchmark's training batch
+
+Params = Any
+Batch = dict[str, jax.Array]
+LossVector = Callable[[Params, Batch], jax.Array]
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with group norm and a skip connection (projected by a 1x1
+    convolution when the shape changes)."""
+
+    width: int
+    stride: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        strides = (self.stride, self.stride)
+        y = nn.relu(nn.GroupNorm(8)(nn.Conv(self.width, (3, 3), strides=strides)(x)))
+        y = nn.GroupNorm(8)(nn.Conv(self.width, (3, 3))(y))
+        if self.stride != 1 or x.shape[-1] != self.width:
+            x = nn.Conv(self.width, (1, 1), strides=strides)(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """A small ResNet for dense prediction, with the benchmark conv net's interface:
+    three stages of two residual blocks (stride 2 between stages), upsampled back to
+    full resolution and fused with the stem; one 3x3 head per output."""
+
+    outputs: tuple[tuple[str, int], ...]
+    widths: tuple[int, ...] = (32, 64, 128)
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+        stem = nn.relu(nn.Conv(self.widths[0], (3, 3))(images))
+        x = stem
+        for stage, width in enumerate(self.widths):
+            x = ResidualBlock(width, stride=1 if stage == 0 else 2)(x)
+            x = ResidualBlock(width)(x)
+        scale = 2 ** (len(self.widths) - 1)
+        x = jnp.repeat(jnp.repeat(x, scale, axis=1), scale, axis=2)
+        features = jnp.concatenate([x, stem], axis=-1)
+        return {name: nn.Conv(ch, (3, 3), name=name)(features) for name, ch in self.outputs}
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Initial model params, a batch and the loss vector (K + 1 losses, primary first)."""
+
+    name: str
+    params: Params
+    batch: Batch
+    losses: LossVector
+    num_aux: int
+
+
+CONFIGS = ("convnet", "resnet", "k1", "k4", "k16", "k64")
+
+
+def workload(name: str, batch_size: int = BATCH_SIZE) -> Workload:
+    """(a) "convnet": the depth benchmark's conv net and losses (SILog, segmentation
+    cross-entropy, flip consistency); (b) "resnet": a ResNet on the same task; (c)
+    "k<K>": the conv net regressing K + 1 maps, one squared error each."""
+    depth = depth_conv_net()
+    batch = jax.tree.map(jnp.asarray, depth.sample_batch(batch_size))
+    init_key, augment_key = jax.random.split(jax.random.key(0))
+    if name == "convnet":
+        losses = functools.partial(depth.loss_vector, key=augment_key)
+        return Workload(name, jax.jit(depth.init)(init_key), batch, losses, num_aux=2)
+    if name == "resnet":
+        resnet = ResNet(depth.model.outputs)
+        losses = functools.partial(depth_loss_vector, resnet, key=augment_key)
+        params = jax.jit(resnet.init)(init_key, batch["image"])
+        return Workload(name, params, batch, losses, num_aux=2)
+    k = int(name.removeprefix("k"))
+    model = ConvNet((("maps", k + 1),), depth.model.width)
+    targets = jax.random.normal(augment_key, (*batch["depth"].shape, k + 1))
+    return Workload(
+        name,
+        jax.jit(model.init)(init_key, batch["image"]),
+        {"image": batch["image"], "targets": targets},
+        functools.partial(map_losses, model),
+        num_aux=k,
+    )
+
+
+def map_losses(model: ConvNet, params: Params, batch: Batch) -> jax.Array:
+    """One mean squared error per output map: K + 1 losses."""
+    maps = model.apply(params, batch["image"])["maps"]
+    return jnp.mean((maps - batch["targets"]) ** 2, axis=(0, 1, 2))
+
+
+@dataclass
+class Trainer:
+    """A jitted train step, its state, and how many times it was traced."""
+
+    step: Callable[[Any, optax.OptState, Batch], tuple[Any, optax.OptState, jax.Array]]
+    params: Any
+    opt_state: optax.OptState
+    traces: list[None]
+
+    def run(self, batch: Batch, steps: int) -> float:
+        """Runs ``steps`` steps; returns the mean seconds per step."""
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.params, self.opt_state, loss = self.step(self.params, self.opt_state, batch)
+        loss.block_until_ready()
+        return (time.perf_counter() - start) / steps
+
+
+def trainer(
+    loss_fn: Callable[[Any, Batch], jax.Array], tx: optax.GradientTransformation, params: Any
+) -> Trainer:
+    """A :class:`Trainer` of ``loss_fn`` under ``tx``, counting its traces."""
+    traces: list[None] = []
+
+    @jax.jit
+    def step(params: Any, opt_state: optax.OptState, batch: Batch):
+        traces.append(None)  # runs only when JAX traces, i.e. compiles, the step
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return Trainer(step, params, tx.init(params), traces)
+
+
+def trainers(work: Workload, rho: float, control: bool = False) -> dict[str, Trainer]:
+    """The fixed-weights and the YOTO trainer of a workload, from the same weights.
+
+    The fixed weights are those YOTO starts from, λ = softmax([0, log ε]). With
+    ``control``, also a second, separately compiled copy of the fixed-weights trainer:
+    its ratio to the first is the noise floor of the measurement (an A/A test).
+    """
+    mu = yoto_jax.init_mu(work.num_aux)
+    fixed_weights = yoto_jax.loss_weights(mu)
+
+    def fixed_loss(params: Params, batch: Batch) -> jax.Array:
+        return jnp.dot(fixed_weights, work.losses(params, batch))
+
+    def yoto_loss(params: Params, batch: Batch) -> jax.Array:
+        losses = work.losses(params["model"], batch)
+        return yoto_jax.yoto_composite(params[yoto_jax.MU_KEY], losses)
+
+    yoto_params = {"model": work.params, yoto_jax.MU_KEY: mu}
+    found = {
+        "fixed": trainer(fixed_loss, optax.adam(LEARNING_RATE), work.params),
+        "yoto": trainer(yoto_loss, yoto_optimizer(rho), yoto_params),
+    }
+    if control:
+        found["control"] = trainer(fixed_loss, optax.adam(LEARNING_RATE), work.params)
+    return found
+
+
+def yoto_optimizer(rho: float) -> optax.GradientTransformation:
+    """Hyperparameter decay with an injectable ρ, then Adam, over the whole tree."""
+    decay = optax.inject_hyperparams(yoto_jax.hyperparameter_decay, static_args=("mask",))
+    return optax.chain(decay(rho=rho, mask=yoto_jax.mu_mask), optax.adam(LEARNING_RATE))
+
+
+BOOKKEEPING = re.compile(r"= \S+ (parameter|constant|tuple|get-tuple-element|bitcast)\(")
+
+
+def program_cost(trainer: Trainer, batch: Batch) -> dict[str, float]:
+    """XLA's count of the compiled step's flops, transcendentals and bytes accessed, and
+    its number of kernels (the top-level instructions that compute: fusions, convolutions,
+    copies… — on a GPU, one launch each). Deterministic, unlike timings."""
+    compiled = trainer.step.lower(trainer.params, trainer.opt_state, batch).compile()
+    cost = compiled.cost_analysis()
+    entry = compiled.as_text().split("\nENTRY ", 1)[1]
+    instructions = [line for line in entry.splitlines() if " = " in line]
+    kernels = sum(not BOOKKEEPING.search(line) for line in instructions)
+    keys = ("flops", "transcendentals", "bytes accessed")
+    return {key.replace(" ", "_"): cost[key] for key in keys} | {"kernels": kernels}
+
+
+def perturb(yoto: Trainer, round_index: int) -> None:
+    """Sets a new ρ (through ``inject_hyperparams``) and a new µ: neither may retrace."""
+    hyperparams = yoto.opt_state[0].hyperparams
+    hyperparams["rho"] = jnp.asarray(0.05 * (1 + round_index % 3), jnp.float32)
+    mu = yoto.params[yoto_jax.MU_KEY]
+    yoto.params[yoto_jax.MU_KEY] = yoto_jax.init_mu(mu.shape[0], eps=0.1 + 0.1 * (round_index % 2))
+
+
+def measure(
+    works: list[Workload], rounds: int, seconds: float, rho: float, control: bool
+) -> dict[str, dict[str, Any]]:
+    """Interleaved timings: per workload and variant, the seconds per step of each round."""
+    runs = {work.name: trainers(work, rho, control) for work in works}
+    samples: dict[str, dict[str, list[float]]] = {}
+    steps: dict[str, int] = {}
+    for work in works:  # compile, warm up, and size each sample to about `seconds`
+        for variant in runs[work.name].values():
+            variant.run(work.batch, 2)
+        steps[work.name] = max(1, round(seconds / runs[work.name]["fixed"].run(work.batch, 2)))
+        samples[work.name] = {variant: [] for variant in runs[work.name]}
+    for r in range(rounds):
+        for work in works:
+            order = list(runs[work.name]) if r % 2 == 0 else list(reversed(runs[work.name]))
+            perturb(runs[work.name]["yoto"], r)
+            for variant in order:
+                samples[work.name][variant].append(
+                    runs[work.name][variant].run(work.batch, steps[work.name])
+                )
+    compiles = {
+        name: {variant: len(t.traces) for variant, t in pair.items()} for name, pair in runs.items()
+    }
+    costs = {
+        work.name: {v: program_cost(runs[work.name][v], work.batch) for v in ("fixed", "yoto")}
+        for work in works
+    }
+    return {"samples": samples, "compiles": compiles, "steps_per_sample": steps, "cost": costs}
+
+
+def paired_ratio(times: list[float], reference: list[float]) -> float:
+    """The median over rounds of ``times / reference``, each round's pair timed together."""
+    return statistics.median(t / r for t, r in zip(times, reference, strict=True))
+
+
+def summarise(measured: dict[str, Any]) -> dict[str, Any]:
+    """The JSON report: median step times; the ratio yoto/fixed, as the median of the
+    rounds' paired ratios (each round times both steps back to back, so load that drifts
+    between rounds cancels) and as the ratio of the medians; compile counts; XLA's cost
+    of both programs and what YOTO adds to it."""
+    step_s, ratio, control, of_medians, extra = {}, {}, {}, {}, {}
+    for name, variants in measured["samples"].items():
+        step_s[name] = {variant: statistics.median(times) for variant, times in variants.items()}
+        ratio[name] = paired_ratio(variants["yoto"], variants["fixed"])
+        if "control" in variants:
+            control[name] = paired_ratio(variants["control"], variants["fixed"])
+        of_medians[name] = step_s[name]["yoto"] / step_s[name]["fixed"]
+        cost = measured["cost"][name]
+        extra[name] = {key: cost["yoto"][key] - cost["fixed"][key] for key in cost["fixed"]}
+    return {
+        "ratio": ratio,
+        "compiles": measured["compiles"],
+        "step_s": step_s,
+        "ratio_of_medians": of_medians,
+        "control_ratio": control,
+        "cost": measured["cost"],
+        "yoto_extra_cost": extra,
+        "steps_per_sample": measured["steps_per_sample"],
+        "rounds": len(next(iter(measured["samples"].values()))["fixed"]),
+        "device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+    }
+
+
+def run(
+    names: tuple[str, ...] = CONFIGS,
+    batch_size: int = BATCH_SIZE,
+    rounds: int = 31,
+    sample_s: float = 0.1,
+    rho: float = yoto_jax.DEFAULT_RHO,
+    control: bool = False,
+) -> dict[str, Any]:
+    """Builds, compiles and times the configurations ``names``; returns the report."""
+    works = [workload(name, batch_size) for name in names]
+    return summarise(measure(works, rounds, sample_s, rho, control))
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as a text table, one configuration a row."""
+    header = f"{'config':8} {'fixed ms':>9} {'yoto ms':>9} {'ratio':>7} {'of med.':>7} "
+    rows = [header + f"{'A/A':>7} {'MFLOP':>9} {'+flop':>6} {'+kernels':>8} compiles"]
+    for name, times in report["step_s"].items():
+        extra = report["yoto_extra_cost"][name]
+        rows.append(
+            f"{name:8} {1e3 * times['fixed']:9.3f} {1e3 * times['yoto']:9.3f} "
+            f"{report['ratio'][name]:7.4f} {report['ratio_of_medians'][name]:7.4f} "
+            f"{report['control_ratio'].get(name, float('nan')):7.4f} "
+            f"{report['cost'][name]['fixed']['flops'] / 1e6:9.1f} {extra['flops']:6.0f} "
+            f"{extra['kernels']:8d} {report['compiles'][name]}"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", help="write the report to this file")
+    parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds")
+    parser.add_argument("--sample-s", type=float, default=0.1, help="seconds per timed sample")
+    parser.add_argument("--batch", type=int, default=BATCH_SIZE)
+    parser.add_argument("--rho", type=float, default=yoto_jax.DEFAULT_RHO)
+    parser.add_argument("--only", default=",".join(CONFIGS), help="e.g. convnet,k64")
+    parser.add_argument(
+        "--control", action="store_true", help="also time a copy of the fixed step (A/A)"
+    )
+    args = parser.parse_args()
+    names = tuple(args.only.split(","))
+    report = run(names, args.batch, args.rounds, args.sample_s, args.rho, args.control)
+    print(table(report))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump(report, file, indent=2)
+    retraced = {n: c for n, c in report["compiles"].items() if set(c.values()) != {1}}
+    if retraced:
+        raise SystemExit(f"a step compiled more than once: {retraced}")
+
+
+if __name__ == "__main__":
+    main()

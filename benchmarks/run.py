@@ -1,0 +1,249 @@
+"""Benchmark: one YOTO run against the best of a 9-run grid search and random search.
+
+    python benchmarks/run.py [--quick] [--tasks a,b] [--seeds N] [--out DIR]
+                             [--methods a,b] [--scale tiny|quick|full] [--no-studies]
+                             [--no-sequential]
+
+Writes ``results.json``, ``results.md`` and PNG plots to ``--out`` (see
+benchmarks/README.md for the tasks, methods, studies and how to read the results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+import yoto_jax
+from benchmarks import (
+    baseline_methods,  # noqa: F401  (importing it registers the baselines)
+    harness,
+    report,
+    studies,
+    tasks,
+)
+from benchmarks.methods import GRID_VALUES, METHODS, relative_weights
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, quick scale, reduced studies")
+    parser.add_argument("--tasks", default=",".join(tasks.TASKS), help="comma-separated tasks")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5, or 1 quick)")
+    parser.add_argument("--scale", choices=tasks.SCALES, default=None, help="task sizes")
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output directory")
+    parser.add_argument("--no-studies", action="store_true", help="skip the ρ/ε/µ-lr studies")
+    parser.add_argument(
+        "--no-sequential", action="store_true", help="skip timing the grid run one by one"
+    )
+    args = parser.parse_args(argv)
+    args.tasks = _names(args.tasks, tasks.TASKS, "task", parser)
+    args.methods = _names(args.methods, tuple(METHODS), "method", parser)
+    args.scale = args.scale or ("quick" if args.quick else "full")
+    args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}.")
+    return args
+
+
+def _names(text: str, known: tuple[str, ...], what: str, parser) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        parser.error(f"unknown {what}(s) {unknown or text!r}; choose from {', '.join(known)}.")
+    return names
+
+
+def _method_entry(task: tasks.Task, run: harness.MethodRun, with_curves: bool) -> dict[str, Any]:
+    """A method's results.json entry: the selected configuration's numbers per seed."""
+    results, selected = run.results, run.selected
+    weights = harness.pick(results["weights"], selected)
+    entry = {
+        "test": harness.pick(results["test"][task.metric], selected).tolist(),
+        "val": harness.pick(results["val"][task.metric], selected).tolist(),
+        "runs_per_seed": int(results["weights"].shape[1]),
+        "wall_s": run.timed.run_s,
+        "compile_s": run.timed.compile_s,
+        "eval_s": run.timed.eval_s,
+        "weights": weights.tolist(),
+        "relative_weights": relative_weights(weights).tolist(),
+        "test_metrics": {k: harness.pick(v, selected).tolist() for k, v in results["test"].items()},
+        "selected": selected.tolist(),
+        "summary": run.method.summary,
+    }
+    if with_curves:
+        entry["curves"] = {
+            k: harness.pick(v, selected).tolist() for k, v in results["curves"].items()
+        }
+    return entry
+
+
+def _configs_entry(task: tasks.Task, run: harness.MethodRun) -> dict[str, Any]:
+    """Every configuration's weights and metrics: [configuration][seed]."""
+    configs = [[c["weights"] for c in group] for group in run.configs]
+    return {
+        "weights": np.asarray(configs[0]).tolist(),
+        "weights_per_seed": np.asarray(configs).tolist(),
+        "test": run.results["test"][task.metric].T.tolist(),
+        "val": run.results["val"][task.metric].T.tolist(),
+    }
+
+
+def _timing(task: tasks.Task, grid: harness.MethodRun, sequential: harness.Timed) -> dict:
+    """The grid as one vmapped program against its seed-0 configurations one by one."""
+    vmapped_runs = grid.results["weights"].shape[0] * grid.results["weights"].shape[1]
+    per_run_vmapped = grid.timed.run_s / vmapped_runs
+    per_run_sequential = sequential.run_s / len(sequential.results["weights"])
+    difference = sequential.results["test"][task.metric] - grid.results["test"][task.metric][0]
+    return {
+        "vmapped_s": grid.timed.run_s,
+        "vmapped_runs": vmapped_runs,
+        "vmapped_compile_s": grid.timed.compile_s,
+        "sequential_s": sequential.run_s,
+        "sequential_runs": len(sequential.results["weights"]),
+        "sequential_compile_s": sequential.compile_s,
+        "per_run_vmapped_s": per_run_vmapped,
+        "per_run_sequential_s": per_run_sequential,
+        "speedup": per_run_sequential / per_run_vmapped,
+        "max_abs_test_difference": float(np.max(np.abs(difference))),
+    }
+
+
+def _study_entries(task: tasks.Task, grid: studies.Grid, run: harness.MethodRun) -> dict:
+    """Per study, [µ-lr factor][value][seed] tables of the test/val metric and final λ."""
+    points, results = studies.points(grid), run.results
+
+    def table(point_of, values: tuple[float, ...]) -> dict[str, Any]:
+        def gather(x: np.ndarray) -> list:
+            index = [[points.index(point_of(v, f)) for v in values] for f in grid.mu_lr_factors]
+            return np.moveaxis(x[:, np.asarray(index)], 0, 2).tolist()
+
+        return {
+            "test": gather(results["test"][task.metric]),
+            "val": gather(results["val"][task.metric]),
+            "weights": gather(results["weights"]),
+            "curves_weights": gather(results["curves"]["weights"]),
+        }
+
+    eps = table(lambda v, f: studies.Point(v, yoto_jax.DEFAULT_RHO, f), grid.eps)
+    rho = table(lambda v, f: studies.Point(yoto_jax.DEFAULT_EPS, v, f), grid.rho)
+    return {"eps": eps, "rho": rho, "wall_s": run.timed.run_s, "compile_s": run.timed.compile_s}
+
+
+def run_task(name: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict | None]:
+    """Every method (and the timing and studies) on one task: its results.json entries."""
+    bar.set_description(f"{name}: data")
+    start = time.perf_counter()
+    task = tasks.build(name, args.scale)
+    programs = harness.Programs(task)
+    seeds = list(range(args.seeds))
+    entry = {
+        "description": task.description,
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "loss_names": list(task.loss_names),
+        "training": task.training._asdict(),
+        "split_sizes": {
+            s: int(jax.tree.leaves(getattr(task.data, s))[0].shape[0])
+            for s in ("train", "val", "test")
+        },
+        "build_s": time.perf_counter() - start,
+        "methods": {},
+    }
+    bar.update()
+    runs = {}
+    for method in args.methods:
+        bar.set_description(f"{name}: {method}")
+        runs[method] = harness.run_method(programs, METHODS[method], seeds)
+        entry["methods"][method] = _method_entry(task, runs[method], with_curves=method == "yoto")
+        bar.update()
+    for method, key in (("grid_best", "grid"), ("random_best", "random")):
+        if method in runs:
+            entry[key] = _configs_entry(task, runs[method])
+    if "grid_best" in runs and not args.no_sequential:
+        bar.set_description(f"{name}: grid one by one")
+        grid_run = runs["grid_best"]
+        sequential = programs.run_sequentially(
+            grid_run.method.weighting, grid_run.configs[0], harness.seed_key(seeds[0])
+        )
+        entry["timing"] = _timing(task, grid_run, sequential)
+        bar.update()
+    study = None
+    if not args.no_studies:
+        bar.set_description(f"{name}: studies")
+        grid = studies.grid(args.scale != "full")
+        run = harness.run_method(programs, studies.method(grid), seeds)
+        study = _study_entries(task, grid, run)
+        bar.update()
+    entry["total_s"] = time.perf_counter() - start
+    return entry, study
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    grid = studies.grid(args.scale != "full")
+    results = {
+        "config": {
+            "scale": args.scale,
+            "seeds": args.seeds,
+            "tasks": args.tasks,
+            "methods": args.methods,
+            "default_eps": yoto_jax.DEFAULT_EPS,
+            "default_rho": yoto_jax.DEFAULT_RHO,
+            "grid_values": list(GRID_VALUES),
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": f"{platform.machine()} {platform.processor() or platform.system()}, "
+            f"{os.cpu_count()} CPUs, {jax.devices()[0].platform}",
+            "jax": jax.__version__,
+        },
+        "tasks": {},
+        "studies": {
+            "eps": {
+                "values": list(grid.eps),
+                "mu_lr_factors": list(grid.mu_lr_factors),
+                "tasks": {},
+            },
+            "rho": {
+                "values": list(grid.rho),
+                "mu_lr_factors": list(grid.mu_lr_factors),
+                "tasks": {},
+            },
+        },
+    }
+    stages = 1 + len(args.methods) + (not args.no_sequential) + (not args.no_studies)
+    with tqdm(total=stages * len(args.tasks), unit="stage") as bar:
+        for name in args.tasks:
+            results["tasks"][name], study = run_task(name, args, bar)
+            if study is not None:
+                for which in ("eps", "rho"):
+                    results["studies"][which]["tasks"][name] = study[which]
+                results["tasks"][name]["studies_s"] = study["wall_s"]
+                results["tasks"][name]["studies_compile_s"] = study["compile_s"]
+    results["config"]["wall_s"] = time.perf_counter() - start
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    report.write(results, args.out)
+    for line in report.summary_lines(results):
+        print(line)
+    print(
+        f"wrote {args.out}/results.json, results.md and plots in {results['config']['wall_s']:.0f} s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Smoke test of the benchmark: a tiny run of the real command, its outputs and their schema."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import yoto_jax
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside yoto_jax, uninstalled
+
+from benchmarks import harness, studies, tasks
+from benchmarks.methods import METHODS, yoto_config
+
+METHOD_KEYS = {"test", "val", "runs_per_seed", "wall_s", "weights"}
+CORE_METHODS = ("yoto", "grid_best", "random_best", "equal")
+
+
+def test_a_tiny_run_writes_consistent_results(tmp_path):
+    """One run of the real command (a single test, so that pytest-xdist runs it once)."""
+    command = [sys.executable, "benchmarks/run.py", "--scale", "tiny", "--seeds", "2"]
+    command += ["--tasks", "multidigits", "--methods", ",".join(CORE_METHODS)]
+    subprocess.run([*command, "--out", str(tmp_path)], cwd=ROOT, check=True, capture_output=True)
+    data = json.loads((tmp_path / "results.json").read_text())
+    check_outputs(tmp_path)
+    check_schema_and_finite(data)
+    check_selection_and_shared_runs(data["tasks"]["multidigits"])
+
+
+def _numbers(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _numbers(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _numbers(value)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield tree
+
+
+def check_outputs(out: Path) -> None:
+    for name in [
+        "results.json",
+        "results.md",
+        "dynamics_multidigits.png",
+        "grid_multidigits.png",
+        "studies.png",
+    ]:
+        assert (out / name).stat().st_size > 0, name
+    assert "## multidigits" in (out / "results.md").read_text()
+
+
+def check_schema_and_finite(data: dict) -> None:
+    assert set(data) >= {"config", "tasks", "studies"}
+    task = data["tasks"]["multidigits"]
+    assert task["metric"] == "accuracy" and task["higher_is_better"] is True
+    assert set(task["methods"]) == set(data["config"]["methods"]) == set(CORE_METHODS)
+    for name, method in task["methods"].items():
+        assert METHOD_KEYS <= set(method), name
+        assert len(method["test"]) == len(method["val"]) == len(method["weights"]) == 2
+        assert all(len(w) == 3 for w in method["weights"])
+    assert task["methods"]["grid_best"]["runs_per_seed"] == 9
+    assert np.asarray(task["grid"]["weights"]).shape == (9, 3)
+    assert np.asarray(task["grid"]["test"]).shape == (9, 2)
+    for which in ("eps", "rho"):
+        study = data["studies"][which]
+        table = np.asarray(study["tasks"]["multidigits"]["test"])
+        assert table.shape == (len(study["mu_lr_factors"]), len(study["values"]), 2)
+    numbers = list(_numbers(data))
+    assert len(numbers) > 500 and all(math.isfinite(x) for x in numbers)
+
+
+def check_selection_and_shared_runs(task: dict) -> None:
+    """grid_best is the grid's best validation configuration; equal is its (1, 1) cell;
+    the one-by-one runs reproduce the vmapped ones; YOTO's λ sum to 1."""
+    grid_val, grid_test = np.asarray(task["grid"]["val"]), np.asarray(task["grid"]["test"])
+    best = np.argmax(grid_val, axis=0)
+    np.testing.assert_array_equal(task["methods"]["grid_best"]["selected"], best)
+    np.testing.assert_allclose(task["methods"]["grid_best"]["test"], grid_test[best, [0, 1]])
+    equal_cell = [w[1:] for w in task["grid"]["weights"]].index([1.0, 1.0])
+    np.testing.assert_allclose(task["methods"]["equal"]["test"], grid_test[equal_cell], atol=1e-6)
+    assert task["timing"]["max_abs_test_difference"] < 1e-4
+    np.testing.assert_allclose(np.sum(task["methods"]["yoto"]["weights"], axis=1), 1.0, rtol=1e-6)
+
+
+def test_yoto_default_equals_the_study_path_with_mu_lr_factor_one():
+    """µ on the model's Adam (mu_tx=None) and µ with its own Adam at factor 1 of the model's
+    schedule are the same optimizer: the factor-1 row of the studies is the library default."""
+    schedule = optax.cosine_decay_schedule(3e-3, 20)
+    default_tx = METHODS["yoto"].weighting.optimizer(yoto_config(2), optax.adam(schedule), schedule)
+    config = studies.config(studies.Point(0.1, 0.1, mu_lr_factor=1.0), 2)
+    study_tx = studies.WEIGHTING.optimizer(config, optax.adam(schedule), schedule)
+    params = {"model": {"w": jnp.ones((3, 2))}, "weighting": {yoto_jax.MU_KEY: config["mu"]}}
+    grads = jax.tree.map(
+        lambda x: jnp.sin(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), params
+    )
+    updates = []
+    for tx in (default_tx, study_tx):
+        state, p = tx.init(params), params
+        for _ in range(20):
+            update, state = tx.update(grads, state, p)
+            p = optax.apply_updates(p, update)
+        updates.append(p)
+    for a, b in zip(jax.tree.leaves(updates[0]), jax.tree.leaves(updates[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(updates[0]["weighting"][yoto_jax.MU_KEY], config["mu"])  # µ moved
+
+
+@pytest.mark.parametrize("name", ["depth", "segmentation"])
+def test_conv_tasks_give_finite_losses_and_bounded_metrics(name):
+    task = tasks.build(name, "tiny")
+    params = task.init(jax.random.key(0))
+    losses = task.losses(params, task.data.train, jax.random.key(1))
+    assert losses.shape == (len(task.loss_names),) and np.all(np.isfinite(losses))
+    metrics = harness.evaluate(task, params, task.data.test)
+    assert np.isfinite(metrics[task.metric]) and metrics[task.metric] >= 0.0
