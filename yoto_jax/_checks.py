@@ -89,3 +89,10 @@ def primary_name(mu: Mapping[str, Any], losses: Mapping[str, Any]) -> str:
             f"primary loss; got {len(extra)} other keys: {extra}."
         )
     return extra[0]
+
+
+def positive_int(x: Any, name: str) -> int:
+    """`x` itself when it is a Python int >= 1 (a count: losses, configurations, steps)."""
+    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {x!r}.")
+    return x

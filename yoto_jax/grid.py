@@ -131,12 +131,6 @@ def grid_search(
     return vmapped_training(train_one)(hparams, keys, *args)
 
 
-def _aux_count(num_aux: int) -> int:
-    if isinstance(num_aux, bool) or not isinstance(num_aux, int) or num_aux < 1:
-        raise ValueError(f"num_aux must be an int >= 1, got {num_aux!r}.")
-    return num_aux
-
-
 def loss_weight_grid(values: Sequence[float], num_aux: int) -> jax.Array:
     """Every combination of auxiliary weights from ``values``, relative to a primary weight 1.
 
@@ -152,7 +146,7 @@ def loss_weight_grid(values: Sequence[float], num_aux: int) -> jax.Array:
       >>> loss_weight_grid([0.01, 0.1, 1.0], num_aux=2).shape  # the paper's 3x3 grid
       (9, 3)
     """
-    num_aux = _aux_count(num_aux)
+    num_aux = _checks.positive_int(num_aux, "num_aux")
     values = [float(v) for v in values]
     if not values:
         raise ValueError("values must hold at least one weight.")
@@ -180,9 +174,8 @@ def random_loss_weights(
     Returns:
       An array of shape (num, K+1), float32, with column 0 equal to 1.
     """
-    num_aux = _aux_count(num_aux)
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"num must be an int >= 1, got {num!r}.")
+    num_aux = _checks.positive_int(num_aux, "num_aux")
+    _checks.positive_int(num, "num")
     _checks.positive(low, "low")
     _checks.positive(high, "high")
     if high < low:

@@ -31,13 +31,6 @@ def loss_vector(
     return losses.astype(_checks.compute_dtype(losses))
 
 
-def num_losses_arg(num_losses: Any) -> int:
-    """Validates the number T >= 1 of losses passed to an ``init``."""
-    if isinstance(num_losses, bool) or not isinstance(num_losses, int) or num_losses < 1:
-        raise ValueError(f"num_losses must be an int >= 1, got {num_losses!r}.")
-    return num_losses
-
-
 def selected_leaves(mask: Any, tree: Any) -> list[bool]:
     """One Python bool per leaf of `tree`, from ``mask``: a tree of bools with the
     structure of `tree` or a prefix of it, or a callable ``tree -> mask``.

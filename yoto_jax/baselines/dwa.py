@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import LossWeighting, loss_vector, num_losses_arg
+from yoto_jax.baselines._common import LossWeighting, loss_vector
 
 DEFAULT_DWA_TEMPERATURE = 2.0
 """The softmax temperature of the reference (Liu et al. 2019)."""
@@ -65,7 +65,7 @@ def dwa(steps_per_epoch: int, temperature: float = DEFAULT_DWA_TEMPERATURE) -> L
     _checks.positive(temperature, "temperature")
 
     def init_fn(num_losses: int) -> DWAState:
-        num_losses = num_losses_arg(num_losses)
+        num_losses = _checks.positive_int(num_losses, "num_losses")
         zeros = jnp.zeros((num_losses,), jnp.float32)
         return DWAState(
             loss_sum=zeros,

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from yoto_jax.baselines._common import LossWeighting, loss_vector, num_losses_arg
+from yoto_jax import _checks
+from yoto_jax.baselines._common import LossWeighting, loss_vector
 
 
 def equal_weighting() -> LossWeighting:
@@ -27,7 +28,7 @@ def equal_weighting() -> LossWeighting:
     """
 
     def init_fn(num_losses: int) -> optax.EmptyState:
-        num_losses_arg(num_losses)
+        _checks.positive_int(num_losses, "num_losses")
         return optax.EmptyState()
 
     def weights_fn(state: optax.EmptyState, losses: ArrayLike) -> jax.Array:

@@ -10,7 +10,7 @@ import optax
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import LossWeighting, loss_vector, num_losses_arg
+from yoto_jax.baselines._common import LossWeighting, loss_vector
 
 DEFAULT_FAMO_LEARNING_RATE = 0.025
 """The learning rate of FAMO's logits in the reference code."""
@@ -85,7 +85,7 @@ def famo(
     logits_tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
 
     def init_fn(num_losses: int) -> FAMOState:
-        logits = jnp.zeros((num_losses_arg(num_losses),), jnp.float32)
+        logits = jnp.zeros((_checks.positive_int(num_losses, "num_losses"),), jnp.float32)
         return FAMOState(logits=logits, opt_state=logits_tx.init(logits))
 
     def weights_fn(state: FAMOState, losses: ArrayLike) -> jax.Array:

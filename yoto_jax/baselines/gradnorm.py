@@ -11,7 +11,7 @@ import optax
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import loss_vector, num_losses_arg, selected_leaves
+from yoto_jax.baselines._common import loss_vector, selected_leaves
 
 DEFAULT_GRADNORM_ALPHA = 1.5
 """The restoring-force strength α of the reference."""
@@ -174,7 +174,7 @@ def gradnorm(shared: Any | Callable[[Any], Any], alpha: float = DEFAULT_GRADNORM
         raise TypeError("shared must select the shared parameters W (a bool tree or a callable).")
 
     def init_fn(num_losses: int) -> GradNormState:
-        num_losses = num_losses_arg(num_losses)
+        num_losses = _checks.positive_int(num_losses, "num_losses")
         return GradNormState(
             initial_losses=jnp.ones((num_losses,), jnp.float32), count=jnp.zeros([], jnp.int32)
         )

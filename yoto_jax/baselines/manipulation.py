@@ -198,12 +198,6 @@ def _minimise_on_simplex(
     return jax.lax.fori_loop(0, iterations, body, carry)[0]
 
 
-def _iterations_arg(iterations: Any) -> int:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an int >= 1, got {iterations!r}.")
-    return iterations
-
-
 def min_norm_weights(gram: jax.Array, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> jax.Array:
     r"""The α on the simplex minimising :math:`\lVert \sum_i α_i g_i \rVert^2 = α^\top M α`.
 
@@ -218,7 +212,7 @@ def min_norm_weights(gram: jax.Array, iterations: int = DEFAULT_SOLVER_ITERATION
     Returns:
       α, shape (T,).
     """
-    _iterations_arg(iterations)
+    _checks.positive_int(iterations, "iterations")
     lipschitz = 2.0 * jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
     return _minimise_on_simplex(
         lambda a: a @ gram @ a, lambda a: 2.0 * gram @ a, lipschitz, gram.shape[0], iterations
@@ -250,7 +244,7 @@ def mgda(shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> optax.Grad
       Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization",
       NeurIPS 2018; Désidéri, "Multiple-gradient descent algorithm (MGDA)", 2012.
     """
-    _iterations_arg(iterations)
+    _checks.positive_int(iterations, "iterations")
 
     def combine(grads: jax.Array, state: optax.EmptyState):
         alpha = min_norm_weights(grads @ grads.T, iterations)
@@ -300,7 +294,7 @@ def cagrad(
       Learning", NeurIPS 2021, Alg. 1; https://github.com/Cranial-XIX/CAGrad.
     """
     _checks.non_negative(c, "c")
-    _iterations_arg(iterations)
+    _checks.positive_int(iterations, "iterations")
 
     def combine(grads: jax.Array, state: optax.EmptyState):
         num_losses = grads.shape[0]

@@ -7,7 +7,8 @@ from typing import NamedTuple
 import jax
 from jax.typing import ArrayLike
 
-from yoto_jax.baselines._common import LossWeighting, loss_vector, num_losses_arg, prng_key
+from yoto_jax import _checks
+from yoto_jax.baselines._common import LossWeighting, loss_vector, prng_key
 
 
 class RLWState(NamedTuple):
@@ -50,7 +51,7 @@ def rlw(seed: int | jax.Array = 0) -> LossWeighting:
     key = prng_key(seed)
 
     def init_fn(num_losses: int) -> RLWState:
-        num_losses_arg(num_losses)
+        _checks.positive_int(num_losses, "num_losses")
         return RLWState(key=key)
 
     def weights_fn(state: RLWState, losses: ArrayLike) -> jax.Array:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import loss_vector, num_losses_arg
+from yoto_jax.baselines._common import loss_vector
 
 UNCERTAINTY_KEY = "uncertainty_log_var"
 """A suggested parameter name for s, e.g. ``{"model": ..., UNCERTAINTY_KEY: s}``."""
@@ -40,7 +40,7 @@ def init_log_vars(
       :data:`UNCERTAINTY_KEY`) so the model's optimizer trains it, and keep it out
       of weight decay.
     """
-    num_losses = num_losses_arg(num_losses)
+    num_losses = _checks.positive_int(num_losses, "num_losses")
     value = _checks.concrete_float(init)
     if value is not None and not math.isfinite(value):
         raise ValueError(f"init must be a finite number, got {value}.")
