@@ -11,8 +11,12 @@ K + 1 maps, one loss each). Each round
 times every configuration's two steps back to back, in alternating order; the
 medians over rounds are robust to other load on the machine. ρ goes through
 ``optax.inject_hyperparams`` and is changed, like µ, between timed samples: each
-step must still compile exactly once (the script fails otherwise). Numbers and
-analysis: benchmarks/OVERHEAD.md.
+step must still compile exactly once (the script fails otherwise). It also prints,
+and puts under ``cost`` in the JSON, the size of each compiled step's top-level
+program (``compiled.as_text()``'s ENTRY computation): all its instructions, its
+fusions and custom calls, and its kernels (every instruction that computes); being
+deterministic, these track YOTO's kernel delta on any machine, a CPU-only one too.
+Numbers and analysis: benchmarks/OVERHEAD.md.
 """
 
 from __future__ import annotations
@@ -199,20 +203,58 @@ def yoto_optimizer(rho: float) -> optax.GradientTransformation:
     return optax.chain(decay(rho=rho, mask=yoto_jax.mu_mask), optax.adam(LEARNING_RATE))
 
 
-BOOKKEEPING = re.compile(r"= \S+ (parameter|constant|tuple|get-tuple-element|bitcast)\(")
+BOOKKEEPING = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast"})
+"""Top-level HLO opcodes that only name or regroup buffers: no computation, no kernel."""
+
+LAUNCHES = frozenset({"fusion", "custom-call"})
+"""The opcodes that are kernels on every backend: fusions, and library calls (on GPUs,
+cuBLAS gemms and cuDNN convolutions are custom calls). XLA:CPU leaves some dots and
+convolutions as plain ``dot``/``convolution`` instructions: kernels, but not these."""
+
+
+def opcode(instruction: str) -> str:
+    """The opcode of one HLO instruction line, e.g. ``%f = f32[8]{0} fusion(...)`` → fusion.
+    The result type may be a tuple, ``(f32[8]{0}, /*index=1*/s32[])``, with spaces."""
+    rest = instruction.split(" = ", 1)[1]
+    if rest.startswith("("):  # skip the tuple type up to its matching parenthesis
+        depth = 0
+        for end, char in enumerate(rest):
+            depth += {"(": 1, ")": -1}.get(char, 0)
+            if depth == 0:
+                break
+        rest = rest[end + 1 :]
+    else:
+        rest = rest.split(" ", 1)[1]
+    match = re.match(r"\s*([\w-]+)\(", rest)
+    if match is None:
+        raise ValueError(f"not an HLO instruction: {instruction[:200]}")
+    return match.group(1)
+
+
+def entry_opcodes(hlo: str) -> list[str]:
+    """The opcodes of the top-level instructions (the ENTRY computation) of an HLO module's
+    text (``compiled.as_text()``), in program order."""
+    entry = hlo.split("\nENTRY ", 1)[1].split("\n}", 1)[0]
+    return [opcode(line) for line in entry.splitlines()[1:] if " = " in line]
 
 
 def program_cost(trainer: Trainer, batch: Batch) -> dict[str, float]:
     """XLA's count of the compiled step's flops, transcendentals and bytes accessed, and
-    its number of kernels (the top-level instructions that compute: fusions, convolutions,
-    copies… — on a GPU, one launch each). Deterministic, unlike timings."""
+    the size of its top-level program (deterministic, unlike timings):
+    ``entry_instructions``, every instruction of the ENTRY computation; ``fusions``, its
+    fusions and custom calls, each one kernel on any backend; ``kernels``, every
+    instruction that computes (those and the unfused ops: dots, convolutions, copies,
+    concatenations…; on a GPU, one launch each), i.e. all but parameters, constants,
+    tuples, get-tuple-elements and bitcasts."""
     compiled = trainer.step.lower(trainer.params, trainer.opt_state, batch).compile()
     cost = compiled.cost_analysis()
-    entry = compiled.as_text().split("\nENTRY ", 1)[1]
-    instructions = [line for line in entry.splitlines() if " = " in line]
-    kernels = sum(not BOOKKEEPING.search(line) for line in instructions)
+    opcodes = entry_opcodes(compiled.as_text())
     keys = ("flops", "transcendentals", "bytes accessed")
-    return {key.replace(" ", "_"): cost[key] for key in keys} | {"kernels": kernels}
+    return {key.replace(" ", "_"): cost[key] for key in keys} | {
+        "entry_instructions": len(opcodes),
+        "fusions": sum(op in LAUNCHES for op in opcodes),
+        "kernels": sum(op not in BOOKKEEPING for op in opcodes),
+    }
 
 
 def perturb(yoto: Trainer, round_index: int) -> None:
@@ -316,6 +358,19 @@ def table(report: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def program_table(report: dict[str, Any]) -> str:
+    """The size of each compiled step's top-level program, fixed → YOTO (YOTO's extra)."""
+    counts = ("entry_instructions", "fusions", "kernels")
+    rows = [f"{'config':8} " + " ".join(f"{count:>20}" for count in counts)]
+    for name, cost in report["cost"].items():
+        cells = (
+            f"{cost['fixed'][c]} → {cost['yoto'][c]} ({report['yoto_extra_cost'][name][c]:+d})"
+            for c in counts
+        )
+        rows.append(f"{name:8} " + " ".join(f"{cell:>20}" for cell in cells))
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write the report to this file")
@@ -331,6 +386,8 @@ def main() -> None:
     names = tuple(args.only.split(","))
     report = run(names, args.batch, args.rounds, args.sample_s, args.rho, args.control)
     print(table(report))
+    print("\nTop-level HLO of the compiled steps, fixed → YOTO (YOTO's extra):")
+    print(program_table(report))
     if args.json:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=2)

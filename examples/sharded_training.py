@@ -4,9 +4,15 @@
 parameter, shard the batch over a mesh axis (data parallelism) and, optionally,
 the model's weights too (FSDP-style); ``yoto_jax`` needs nothing else.
 
-Run on CPU with simulated devices (the flag must be set before JAX starts):
+Run on N simulated CPU devices, on any machine (the script forces the CPU platform and
+sets the device count before JAX starts, so a GPU machine runs it like a CPU one):
 
     python examples/sharded_training.py --devices 8 --steps 24
+
+or, without ``--devices``, on the machine's real devices (``jax.devices()``: its GPUs or
+TPUs, or one CPU device; the global batch of 64 must divide over them):
+
+    python examples/sharded_training.py --steps 24
 
 It trains the same small three-loss regression model on one device, then on all
 devices three ways (data parallel by sharding annotations, FSDP, and data parallel
@@ -224,16 +230,24 @@ def collectives(mesh: jax.sharding.Mesh, strategy: str, yoto: bool) -> dict[str,
     return found
 
 
-def single_device_mesh() -> jax.sharding.Mesh:
-    """A one-device mesh: the reference run, with no collectives."""
-    return jax.make_mesh((1,), (AXIS,), devices=jax.devices()[:1])
+def single_device_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A one-device mesh on the first of ``devices`` (default ``jax.devices()``): the
+    reference run, with no collectives."""
+    devices = jax.devices() if devices is None else devices
+    return jax.make_mesh((1,), (AXIS,), devices=devices[:1])
 
 
 def run(steps: int) -> dict[str, Any]:
     """Every run and collective count of this example, on all devices and on one."""
+    if BATCH % jax.device_count():
+        raise ValueError(
+            f"the global batch of {BATCH} does not split over {jax.device_count()} devices; "
+            "choose a device count that divides it (--devices N simulates N CPU devices)."
+        )
     mesh = jax.make_mesh((jax.device_count(),), (AXIS,))
     report: dict[str, Any] = {
         "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
         "single": train(single_device_mesh(), "dp", steps),
     }
     for strategy in STRATEGIES:
@@ -247,11 +261,22 @@ def run(steps: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=8, help="simulated CPU devices")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        help="simulate this many CPU devices (forces the CPU platform, also on a GPU or TPU "
+        "machine); without it, run on the real devices, jax.devices()",
+    )
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--json", help="write the full report to this file")
     args = parser.parse_args()
-    jax.config.update("jax_num_cpu_devices", args.devices)  # CPU only; before JAX starts
+    if args.devices is not None:
+        if args.devices < 1:
+            parser.error("--devices must be >= 1")
+        # Both before JAX starts its backends: the CPU platform only (a GPU would be the
+        # default device otherwise), with N devices.
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", args.devices)
     report = run(args.steps)
     single = report["single"]
     for strategy in STRATEGIES:
@@ -259,7 +284,8 @@ def main() -> None:
         loss_gap = np.max(np.abs(np.subtract(result["loss"], single["loss"])))
         mu_gap = np.max(np.abs(np.subtract(result["mu"], single["mu"])))
         print(
-            f"{strategy}: {report['devices']} devices vs 1: max |Δloss| {loss_gap:.2e}, "
+            f"{strategy}: {report['devices']} {report['platform']} devices vs 1: "
+            f"max |Δloss| {loss_gap:.2e}, "
             f"max |Δµ| {mu_gap:.2e}, shardings stable: {result['shardings_stable']}; "
             f"collectives with YOTO {report[strategy + '_collectives']['yoto']}, "
             f"fixed weights {report[strategy + '_collectives']['fixed']}"

@@ -1,7 +1,9 @@
 """PCGrad and MGDA as Optax transformations, against NumPy references of the published
 algorithms."""
 
+import contextlib
 import itertools
+import re
 import zlib
 
 import jax
@@ -152,6 +154,33 @@ def test_mgda_is_zero_at_a_pareto_stationary_point():
 def test_bad_input_is_rejected_with_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")
+
+
+@pytest.mark.parametrize("scope", [None, "tensorfloat32", "bfloat16", "BF16_BF16_F32"])
+@pytest.mark.parametrize(
+    "update, minimum_dots",
+    [
+        pytest.param(lambda g: combine(bl.pcgrad(True), g), 1, id="pcgrad"),
+        pytest.param(lambda g: combine(bl.mgda(True), g), 10, id="mgda"),
+        pytest.param(lambda g: combine(bl.cagrad(True), g), 10, id="cagrad"),
+        pytest.param(lambda g: bl.min_norm_weights(g[:, :4] + 1.0), 5, id="min_norm_weights"),
+    ],
+)
+def test_every_product_in_the_solvers_is_at_highest_precision(update, minimum_dots, scope):
+    """On GPUs float32 matmuls default to TF32, which put 3e-4 errors into the min-norm
+    point (the reference tests above failed so on an H100). XLA:CPU computes every dot
+    in full float32 whatever the precision says, so the numbers cannot show it here; the
+    lowered program can: every dot of the solvers, the Gram matrix included, must ask
+    for HIGHEST, also where the caller lowered the default (``jax.default_matmul_precision``)."""
+    grads = jnp.ones((4, 10), jnp.float32)
+    with jax.default_matmul_precision(scope) if scope else contextlib.nullcontext():
+        text = jax.jit(update).lower(grads).as_text()
+    precisions = DOT.findall(text)
+    assert len(precisions) == text.count("stablehlo.dot_general") >= minimum_dots
+    assert set(precisions) == {("HIGHEST", "HIGHEST")}
 
 
 def cagrad_objective(grads, c):

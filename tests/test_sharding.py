@@ -4,10 +4,15 @@ One subprocess (JAX's device count is fixed when it starts, and the rest of the 
 keeps one device) runs ``examples/sharded_training.py``: data parallel (batch split
 over the mesh, params and µ replicated), FSDP (the model's weights split too, µ
 replicated) and data parallel written per device with ``jax.shard_map``. This process
-runs the same training on its single device as the reference.
+runs the same training on its single CPU device as the reference.
+
+Everything runs on the CPU backend, also on a GPU machine (where the default backend
+is the GPU, with its own device count and its own float32 matmul precision): the
+subprocess with ``JAX_PLATFORMS=cpu``, the reference on ``jax.devices("cpu")``.
 """
 
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -35,10 +40,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict
         "--steps",
         str(STEPS),
     ]
-    with subprocess.Popen([*command, "--json", str(out)], stderr=subprocess.PIPE) as process:
-        assert jax.device_count() == 1
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the example forces it too, with --devices
+    with subprocess.Popen(
+        [*command, "--json", str(out)], stderr=subprocess.PIPE, env=env
+    ) as process:
+        cpu = jax.devices("cpu")
+        assert len(cpu) == 1
         example = load_script(EXAMPLE)
-        one_device = example.train(example.single_device_mesh(), "dp", STEPS)
+        # On the CPU, like the subprocess: the mesh puts the params and batches there, and
+        # the default device makes the initial values (random draws) there too.
+        with jax.default_device(cpu[0]):
+            one_device = example.train(example.single_device_mesh(cpu), "dp", STEPS)
         _, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr.decode()
     return json.loads(out.read_text()), one_device
@@ -47,7 +59,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_eight_devices_match_one_device(runs, strategy):
     report, one_device = runs
-    assert report["devices"] == DEVICES
+    assert report["devices"] == DEVICES and report["platform"] == "cpu"
     run = report[strategy]
     assert len(run["loss"]) == STEPS
     np.testing.assert_allclose(run["loss"], one_device["loss"], rtol=1e-5, atol=1e-6)
