@@ -140,7 +140,7 @@ def test_partition_gives_mu_its_own_optimizer():
     np.testing.assert_allclose(updates["w"], [-0.1, -0.1], rtol=1e-6)
     expected_mu = -(0.5 + 0.2 * yoto_jax.regularizer_grad(params["yoto_mu"]))
     np.testing.assert_allclose(updates["yoto_mu"], expected_mu, rtol=1e-6)
-    shared = yoto_jax.yoto_optimizer(optax.sgd(0.1), rho=0.2)
+    shared = yoto_jax.yoto_optimizer(optax.sgd(0.1), rho=0.2, mu_learning_rate=None)
     updates, _ = shared.update(grads, shared.init(params), params)
     np.testing.assert_allclose(updates["yoto_mu"], 0.1 * expected_mu, rtol=1e-6)
 

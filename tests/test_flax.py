@@ -87,8 +87,11 @@ def test_nnx_state_mask_selects_every_mu_group():
     assert sorted(leaf.shape for leaf in selected) == [(1,), (2,)]
     assert len(jax.tree.leaves(nnx.state(model, YotoMu))) == 2
     # the two groups get independent regulariser gradients through one optimizer
+    # (µ on the model's SGD, the paper's setting, so the update is exactly −∇R)
     optimizer = nnx.Optimizer(
-        model, yoto_jax.yoto_optimizer(optax.sgd(1.0), rho=1.0), wrt=nnx.Param
+        model,
+        yoto_jax.yoto_optimizer(optax.sgd(1.0), rho=1.0, mu_learning_rate=None),
+        wrt=nnx.Param,
     )
     zero_grads = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
     before = {"depth": model.depth_weights.mu, "seg": model.seg_weights.mu}

@@ -96,3 +96,27 @@ def positive_int(x: Any, name: str) -> int:
     if isinstance(x, bool) or not isinstance(x, int) or x < 1:
         raise ValueError(f"{name} must be an int >= 1, got {x!r}.")
     return x
+
+
+def num_configs(tree: Any, name: str) -> int:
+    """The common leading size N of the floating leaves of `tree` (one entry per
+    configuration: a grid's hyperparameters, a search's configurations)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    if not leaves:
+        raise ValueError(f"{name} must hold at least one array, got an empty pytree.")
+    sizes = set()
+    for path, leaf in leaves:
+        where = name + jax.tree_util.keystr(path)
+        array = floating_array(leaf, where)
+        if array.ndim == 0:
+            raise ValueError(
+                f"{where} must have a leading axis of one entry per configuration, got a scalar; "
+                "stack the configurations, e.g. jnp.stack([w1, w2, ...])."
+            )
+        sizes.add(array.shape[0])
+    if len(sizes) != 1:
+        raise ValueError(
+            f"every leaf of {name} must have the same leading size (one entry per configuration), "
+            f"got sizes {sorted(sizes)}."
+        )
+    return sizes.pop()

@@ -24,29 +24,6 @@ from yoto_jax import _checks
 Metrics = TypeVar("Metrics")
 
 
-def _num_configs(hparams: Any) -> int:
-    """The common leading size N of the floating leaves of `hparams`."""
-    leaves = jax.tree_util.tree_leaves_with_path(hparams)
-    if not leaves:
-        raise ValueError("hparams must hold at least one array, got an empty pytree.")
-    sizes = set()
-    for path, leaf in leaves:
-        where = "hparams" + jax.tree_util.keystr(path)
-        array = _checks.floating_array(leaf, where)
-        if array.ndim == 0:
-            raise ValueError(
-                f"{where} must have a leading axis of one entry per configuration, got a scalar; "
-                "stack the configurations, e.g. jnp.stack([w1, w2, ...])."
-            )
-        sizes.add(array.shape[0])
-    if len(sizes) != 1:
-        raise ValueError(
-            f"every leaf of hparams must have the same leading size (one entry per configuration), "
-            f"got sizes {sorted(sizes)}."
-        )
-    return sizes.pop()
-
-
 def _key_axis(keys: Any, num: int) -> int | None:
     """0 when `keys` holds one PRNG key per configuration, None for one shared key."""
     keys = jnp.asarray(keys)
@@ -106,7 +83,7 @@ def vmapped_training(
         raise TypeError(f"train_one must be a function, got {type(train_one).__name__}.")
 
     def run(hparams: Any, keys: ArrayLike, *args: Any) -> Metrics:
-        num = _num_configs(hparams)
+        num = _checks.num_configs(hparams, "hparams")
         in_axes = (0, _key_axis(keys, num)) + (None,) * len(args)
         return jax.vmap(train_one, in_axes=in_axes)(hparams, keys, *args)
 

@@ -9,6 +9,7 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from yoto_jax.composite import DEFAULT_EPS, init_mu, named_composite, named_loss_weights
+from yoto_jax.diagnostics import WeightReport, ordered_losses, weight_report
 from yoto_jax.selection import MU_KEY
 
 
@@ -60,3 +61,8 @@ class LossWeights(nnx.Module):
     def weights(self) -> dict[str, jax.Array]:
         """The current λ by loss name, for logging."""
         return named_loss_weights(self.mu, self.primary, self.auxiliary)
+
+    def report(self, losses: Mapping[str, ArrayLike]) -> WeightReport:
+        """:func:`yoto_jax.weight_report` of the current weights and a dict of losses, for
+        logging; its arrays follow the order (primary, *auxiliary)."""
+        return weight_report(self.mu, ordered_losses(losses, self.primary, self.auxiliary))
