@@ -176,3 +176,29 @@ def test_jit_gives_the_same_numbers():
     np.testing.assert_allclose(
         jax.jit(yoto_jax.yoto_composite)(mu, losses), yoto_jax.yoto_composite(mu, losses)
     )
+
+
+def test_primary_floor_mixes_in_the_primary_and_scales_the_logit_gradient():
+    mu = jnp.array([0.4, -1.3, 2.1])
+    losses = jnp.array([0.7, 0.2, 1.5, 0.05])
+    floor = 0.3
+    plain = np.asarray(yoto_jax.loss_weights(mu), np.float64)
+    expected = (1 - floor) * plain + floor * np.eye(4)[0]
+    np.testing.assert_allclose(yoto_jax.loss_weights(mu, primary_floor=floor), expected, rtol=1e-6)
+    loss, grad = jax.value_and_grad(yoto_jax.yoto_composite)(mu, losses, primary_floor=floor)
+    np.testing.assert_allclose(loss, expected @ np.asarray(losses, np.float64), rtol=1e-6)
+    # ∂L'/∂µ_i = (1 − m) λ_i (l_i − L), L the unfloored composite (Eq. 6 scaled)
+    unfloored = plain @ np.asarray(losses, np.float64)
+    np.testing.assert_allclose(
+        grad, (1 - floor) * plain[1:] * (np.asarray(losses[1:]) - unfloored), rtol=1e-5
+    )
+    assert float(yoto_jax.loss_weights(jnp.array([50.0, 50.0]), primary_floor=floor)[0]) >= floor
+    named = yoto_jax.loss_weights({"a": 0.4, "b": -1.3, "c": 2.1}, "p", primary_floor=floor)
+    np.testing.assert_allclose(named["p"], expected[0], rtol=1e-6)
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"primary_floor must be a finite number in \[0, 1\)"):
+            yoto_jax.yoto_composite(mu, losses, primary_floor=bad)
+    with pytest.raises(ValueError, match="'uniform'"):
+        from yoto_jax.nnx import LossWeights
+
+        LossWeights("p", ["a"], primary_floor="flat")

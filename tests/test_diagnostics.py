@@ -101,17 +101,23 @@ def test_flax_modules_report_in_their_own_order():
     from yoto_jax.nnx import LossWeights
 
     losses = {"depth": 0.4, "segmentation": 0.7, "consistency": 0.001}
-    module = LossWeights("depth", ["segmentation", "consistency"], eps=0.1)
+    module = LossWeights("depth", ["segmentation", "consistency"], eps=0.1, primary_floor=0.0)
     module.yoto_mu[...] = jnp.array([-2.0, 3.0])
     report = module.report(losses)
     np.testing.assert_allclose(report.weights, yoto_jax.loss_weights(jnp.array([-2.0, 3.0])))
     assert int(report.smallest_loss) == 2 and bool(report.collapsed)
+    # the default floor 1/(K+1) keeps the primary above the threshold: no collapse
+    floored = LossWeights("depth", ["segmentation", "consistency"], eps=0.1)
+    floored.yoto_mu[...] = jnp.array([-2.0, 3.0])
+    report = floored.report(losses)
+    expected = yoto_jax.loss_weights(jnp.array([-2.0, 3.0]), primary_floor=1 / 3)
+    np.testing.assert_allclose(report.weights, expected, rtol=1e-6)
+    assert float(report.primary_weight) >= 1 / 3 and not bool(report.collapsed)
     linen = LinenLossWeights("depth", ("segmentation", "consistency"), eps=0.1)
     variables = linen.init(jax.random.key(0), losses)
     report = linen.apply(variables, losses, method=LinenLossWeights.report)
-    np.testing.assert_allclose(
-        report.weights, yoto_jax.loss_weights(jnp.log(jnp.array([0.1, 0.1])))
-    )
+    expected = yoto_jax.loss_weights(jnp.log(jnp.array([0.1, 0.1])), primary_floor=1 / 3)
+    np.testing.assert_allclose(report.weights, expected, rtol=1e-6)
     assert not bool(report.collapsed)
     with pytest.raises(KeyError, match=r"missing \['consistency'\]"):
         module.report({"depth": 0.4, "segmentation": 0.7})

@@ -68,8 +68,12 @@ def test_nnx_loop_trains_model_and_mu_with_one_optimizer():
         mus.append(np.array(model.loss_weights.mu))
     check_trained(mus, primary_losses)
     weights = model.loss_weights.weights()
+    # the module's default floor: the primary weighs at least 1/(K+1) = 1/2
+    assert model.loss_weights.primary_floor == 0.5
     np.testing.assert_allclose(
-        [weights["primary"], weights["auxiliary"]], yoto_jax.loss_weights(mus[-1]), rtol=1e-6
+        [weights["primary"], weights["auxiliary"]],
+        0.5 * np.array([1.0, 0.0]) + 0.5 * yoto_jax.loss_weights(mus[-1]),
+        rtol=1e-6,
     )
 
 
@@ -145,7 +149,9 @@ def test_linen_train_state_loop_trains_model_and_mu():
     weights = LinenLossWeights("primary", ("auxiliary",)).apply(
         {"params": state.params["loss_weights"]}, method=LinenLossWeights.weights
     )
-    np.testing.assert_allclose(weights["auxiliary"], yoto_jax.loss_weights(mus[-1])[1], rtol=1e-6)
+    np.testing.assert_allclose(
+        weights["auxiliary"], yoto_jax.loss_weights(mus[-1], primary_floor=0.5)[1], rtol=1e-6
+    )
 
 
 def test_modules_check_loss_names():

@@ -66,6 +66,13 @@ def non_negative(x: Any, name: str) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
 
 
+def unit_interval(x: Any, name: str) -> None:
+    """Raises unless `x` is a tracer or a finite number in [0, 1)."""
+    value = concrete_float(x)
+    if value is not None and not (math.isfinite(value) and 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be a finite number in [0, 1), got {value}.")
+
+
 def positive(x: Any, name: str) -> None:
     """Raises unless `x` is a tracer or a finite number > 0."""
     value = concrete_float(x)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,15 +51,48 @@ def _full_logits(mu: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros((1,), mu.dtype), mu])
 
 
-def loss_weights(mu: Logits, primary: str = "primary") -> jax.Array | dict[str, jax.Array]:
-    r"""The loss weights λ = softmax([0, µ]).
+UNIFORM = "uniform"
+"""``primary_floor=UNIFORM``: m = 1/(K+1), the primary never weighs less than under
+uniform weights (the default of the Flax ``LossWeights`` modules)."""
+
+
+def resolve_floor(primary_floor: ArrayLike | str, num_aux: int) -> ArrayLike:
+    """``primary_floor`` as a number: ``UNIFORM`` ("uniform") is 1/(K+1)."""
+    if isinstance(primary_floor, str):
+        if primary_floor != UNIFORM:
+            raise ValueError(
+                f"primary_floor must be a number in [0, 1) or {UNIFORM!r}, got {primary_floor!r}."
+            )
+        return 1.0 / (num_aux + 1)
+    _checks.unit_interval(primary_floor, "primary_floor")
+    return primary_floor
+
+
+def _floored(weights: jax.Array, primary_floor: Any) -> jax.Array:
+    """m e_0 + (1 − m) λ: the primary's weight is at least m."""
+    _checks.unit_interval(primary_floor, "primary_floor")
+    floor = jnp.asarray(primary_floor, weights.dtype)
+    return (1.0 - floor) * weights + floor * jax.nn.one_hot(
+        0, weights.shape[0], dtype=weights.dtype
+    )
+
+
+def loss_weights(
+    mu: Logits, primary: str = "primary", *, primary_floor: ArrayLike = 0.0
+) -> jax.Array | dict[str, jax.Array]:
+    r"""The loss weights λ = softmax([0, µ]), optionally with a floor on the primary's.
 
     .. math::
-        λ_0 = \frac{1}{1 + \sum_j e^{µ_j}}, \qquad λ_i = e^{µ_i} λ_0 .
+        λ_0 = \frac{1}{1 + \sum_j e^{µ_j}}, \qquad λ_i = e^{µ_i} λ_0 ;
+        \qquad λ'_i = m\,[i = 0] + (1 - m)\,λ_i .
+
+    With ``primary_floor`` m > 0 the primary's weight is at least m (the paper's
+    weights are m = 0); :class:`yoto_jax.nnx.LossWeights` uses m = 1/(K+1) by default.
 
     Args:
       mu: auxiliary logits, an array of shape (K,) or a dict of K names to scalars.
       primary: the name under which the primary weight is returned for a dict ``mu``.
+      primary_floor: m in [0, 1).
 
     Returns:
       An array of shape (K+1,) in float32 or wider, primary first; for a dict
@@ -68,14 +102,16 @@ def loss_weights(mu: Logits, primary: str = "primary") -> jax.Array | dict[str, 
       >>> import jax.numpy as jnp
       >>> loss_weights(jnp.zeros(2))
       Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
+      >>> loss_weights(jnp.zeros(2), primary_floor=0.5)
+      Array([0.6666667 , 0.16666667, 0.16666667], dtype=float32)
     """
     if isinstance(mu, Mapping):
         names, vector = _named_logit_vector(mu)
         if primary in mu:
             raise KeyError(f"primary name {primary!r} is also an auxiliary name in mu.")
-        weights = jax.nn.softmax(_full_logits(vector))
+        weights = _floored(jax.nn.softmax(_full_logits(vector)), primary_floor)
         return dict(zip([primary, *names], weights))
-    return jax.nn.softmax(_full_logits(_logit_vector(mu)))
+    return _floored(jax.nn.softmax(_full_logits(_logit_vector(mu))), primary_floor)
 
 
 def _loss_vector(mu: Logits, losses: Losses) -> tuple[jax.Array, jax.Array]:
@@ -97,7 +133,7 @@ def _loss_vector(mu: Logits, losses: Losses) -> tuple[jax.Array, jax.Array]:
     return vector, losses
 
 
-def yoto_composite(mu: Logits, losses: Losses) -> jax.Array:
+def yoto_composite(mu: Logits, losses: Losses, *, primary_floor: ArrayLike = 0.0) -> jax.Array:
     r"""The YOTO composite loss :math:`L_e = \sum_{i=0}^{K} λ_i l_i`, λ = softmax([0, µ]).
 
     Its gradients are the weighted-sum gradient for the model and, for the logits,
@@ -109,10 +145,14 @@ def yoto_composite(mu: Logits, losses: Losses) -> jax.Array:
     is above: the losses compete. Computed in float32 or wider; a NaN or inf loss
     propagates (so ``optax.apply_if_finite`` can skip the step).
 
+    With ``primary_floor`` m the weights are :math:`λ' = m e_0 + (1 - m) λ`
+    (:func:`loss_weights`), and the logits' gradient is scaled by 1 − m.
+
     Args:
       mu: auxiliary logits, shape (K,), or a dict of K auxiliary names to scalars.
       losses: scalar losses, shape (K+1,) with the primary first, or a dict with the
         names of ``mu`` plus exactly one more key, the primary loss.
+      primary_floor: m in [0, 1): a lower bound on the primary's weight (0: the paper's).
 
     Returns:
       The scalar composite loss.
@@ -128,7 +168,7 @@ def yoto_composite(mu: Logits, losses: Losses) -> jax.Array:
     """
     vector, loss_values = _loss_vector(mu, losses)
     dtype = _checks.compute_dtype(vector, loss_values)
-    weights = jax.nn.softmax(_full_logits(vector.astype(dtype)))
+    weights = _floored(jax.nn.softmax(_full_logits(vector.astype(dtype))), primary_floor)
     return jnp.dot(weights, loss_values.astype(dtype))
 
 
@@ -229,7 +269,12 @@ def _named(mu: ArrayLike, auxiliary: Sequence[str]) -> dict[str, jax.Array]:
 
 
 def named_composite(
-    mu: ArrayLike, losses: Mapping[str, ArrayLike], primary: str, auxiliary: Sequence[str]
+    mu: ArrayLike,
+    losses: Mapping[str, ArrayLike],
+    primary: str,
+    auxiliary: Sequence[str],
+    *,
+    primary_floor: ArrayLike = 0.0,
 ) -> jax.Array:
     """:func:`yoto_composite` of a dict of losses, for array logits whose names are known.
 
@@ -238,6 +283,7 @@ def named_composite(
       losses: scalar losses named ``primary`` and every name in ``auxiliary``.
       primary: the primary loss's name.
       auxiliary: the K auxiliary names.
+      primary_floor: m in [0, 1), see :func:`loss_weights`.
 
     Returns:
       The scalar composite loss.
@@ -246,11 +292,11 @@ def named_composite(
     found = _checks.primary_name(named, losses)
     if found != primary:
         raise KeyError(f"losses must hold the primary loss {primary!r}, got {found!r} instead.")
-    return yoto_composite(named, losses)
+    return yoto_composite(named, losses, primary_floor=primary_floor)
 
 
 def named_loss_weights(
-    mu: ArrayLike, primary: str, auxiliary: Sequence[str]
+    mu: ArrayLike, primary: str, auxiliary: Sequence[str], *, primary_floor: ArrayLike = 0.0
 ) -> dict[str, jax.Array]:
     """λ by name for array logits, e.g. for logging: ``{primary: λ_0, aux_i: λ_i}``."""
-    return loss_weights(_named(mu, auxiliary), primary=primary)
+    return loss_weights(_named(mu, auxiliary), primary=primary, primary_floor=primary_floor)

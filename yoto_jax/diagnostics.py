@@ -10,7 +10,14 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.composite import Logits, Losses, _full_logits, _logit_vector_of, _loss_vector
+from yoto_jax.composite import (
+    Logits,
+    Losses,
+    _floored,
+    _full_logits,
+    _logit_vector_of,
+    _loss_vector,
+)
 
 DEFAULT_PRIMARY_THRESHOLD = 0.2
 """The primary weight λ_0 below which a run whose largest weight sits on the auxiliary
@@ -34,6 +41,7 @@ def weight_report(
     losses: Losses | None = None,
     *,
     primary_threshold: float = DEFAULT_PRIMARY_THRESHOLD,
+    primary_floor: ArrayLike = 0.0,
 ) -> WeightReport:
     r"""Summarises YOTO's weights λ = softmax([0, µ]) and flags a collapse, for logging.
 
@@ -48,7 +56,7 @@ def weight_report(
 
     with τ = ``primary_threshold``. Without ``losses`` the second condition becomes
     "an auxiliary holds the largest weight". Pure and jittable: log the fields, or
-    act on ``collapsed`` (e.g. raise ``min_primary_weight`` of
+    act on ``collapsed`` (e.g. set ``primary_floor`` of
     :func:`yoto_jax.yoto_composite`, or rescale the losses).
 
     Args:
@@ -56,6 +64,8 @@ def weight_report(
       losses: optional recent losses (e.g. this step's or a running mean), in the form
         :func:`yoto_jax.yoto_composite` takes: shape (K+1,) primary first, or a dict.
       primary_threshold: τ in (0, 1).
+      primary_floor: the floor m of the weights being reported (see
+        :func:`yoto_jax.loss_weights`); the report is of the weights applied.
 
     Returns:
       A :class:`WeightReport`.
@@ -75,9 +85,8 @@ def weight_report(
     else:
         vector, loss_values = _loss_vector(mu, losses)
         smallest = (1 + jnp.argmin(loss_values[1:])).astype(jnp.int32)
-    logits = _full_logits(vector.astype(_checks.compute_dtype(vector)))
-    weights = jax.nn.softmax(logits)
-    entropy = -jnp.sum(weights * jax.nn.log_softmax(logits))
+    weights = _floored(jax.nn.softmax(_full_logits(vector)), primary_floor)
+    entropy = -jnp.sum(jnp.where(weights > 0, weights * jnp.log(weights), 0.0))
     heaviest = jnp.argmax(weights).astype(jnp.int32)
     on_smallest = heaviest > 0 if losses is None else heaviest == smallest
     return WeightReport(

@@ -8,7 +8,14 @@ import flax.linen as nn
 import jax
 from jax.typing import ArrayLike
 
-from yoto_jax.composite import DEFAULT_EPS, init_mu, named_composite, named_loss_weights
+from yoto_jax.composite import (
+    DEFAULT_EPS,
+    UNIFORM,
+    init_mu,
+    named_composite,
+    named_loss_weights,
+    resolve_floor,
+)
 from yoto_jax.diagnostics import WeightReport, ordered_losses, weight_report
 from yoto_jax.selection import MU_KEY
 
@@ -23,6 +30,8 @@ class LossWeights(nn.Module):
       primary: the name of the primary loss.
       auxiliary: the names of the K >= 1 auxiliary losses.
       eps: the initial weight of each auxiliary relative to the primary.
+      primary_floor: the least weight of the primary loss, m in [0, 1);
+        ``"uniform"``, the default, is 1/(K+1); 0 is the paper's formulation.
 
     Example:
       >>> import jax, yoto_jax
@@ -36,20 +45,30 @@ class LossWeights(nn.Module):
     primary: str
     auxiliary: Sequence[str]
     eps: float = DEFAULT_EPS
+    primary_floor: float | str = UNIFORM
 
     def setup(self):
         init_mu([self.primary, *self.auxiliary], self.eps)  # validates the names and eps
+        self.floor = resolve_floor(self.primary_floor, len(self.auxiliary))
         self.mu = self.param(MU_KEY, lambda _key: init_mu(len(self.auxiliary), self.eps))
 
     def __call__(self, losses: Mapping[str, ArrayLike]) -> jax.Array:
         """The composite loss Σ λ_i l_i of a dict of scalar losses."""
-        return named_composite(self.mu, losses, self.primary, tuple(self.auxiliary))
+        return named_composite(
+            self.mu, losses, self.primary, tuple(self.auxiliary), primary_floor=self.floor
+        )
 
     def weights(self) -> dict[str, jax.Array]:
         """The current λ by loss name, for logging."""
-        return named_loss_weights(self.mu, self.primary, tuple(self.auxiliary))
+        return named_loss_weights(
+            self.mu, self.primary, tuple(self.auxiliary), primary_floor=self.floor
+        )
 
     def report(self, losses: Mapping[str, ArrayLike]) -> WeightReport:
         """:func:`yoto_jax.weight_report` of the current weights and a dict of losses, for
         logging; its arrays follow the order (primary, *auxiliary)."""
-        return weight_report(self.mu, ordered_losses(losses, self.primary, tuple(self.auxiliary)))
+        return weight_report(
+            self.mu,
+            ordered_losses(losses, self.primary, tuple(self.auxiliary)),
+            primary_floor=self.floor,
+        )

@@ -8,7 +8,14 @@ import jax
 from flax import nnx
 from jax.typing import ArrayLike
 
-from yoto_jax.composite import DEFAULT_EPS, init_mu, named_composite, named_loss_weights
+from yoto_jax.composite import (
+    DEFAULT_EPS,
+    UNIFORM,
+    init_mu,
+    named_composite,
+    named_loss_weights,
+    resolve_floor,
+)
 from yoto_jax.diagnostics import WeightReport, ordered_losses, weight_report
 from yoto_jax.selection import MU_KEY
 
@@ -38,15 +45,26 @@ class LossWeights(nnx.Module):
     :func:`yoto_jax.mu_mask` selects.
     """
 
-    def __init__(self, primary: str, auxiliary: Sequence[str], *, eps: float = DEFAULT_EPS):
+    def __init__(
+        self,
+        primary: str,
+        auxiliary: Sequence[str],
+        *,
+        eps: float = DEFAULT_EPS,
+        primary_floor: float | str = UNIFORM,
+    ):
         """Args:
         primary: the name of the primary loss.
         auxiliary: the names of the K >= 1 auxiliary losses.
         eps: the initial weight of each auxiliary relative to the primary.
+        primary_floor: the least weight of the primary loss, m in [0, 1) (the weights
+          are m e_0 + (1 − m) softmax([0, µ])); ``"uniform"``, the default, is 1/(K+1);
+          0 is the paper's formulation.
         """
         init_mu([primary, *auxiliary], eps)  # validates the names and eps
         self.primary = primary
         self.auxiliary = tuple(auxiliary)
+        self.primary_floor = resolve_floor(primary_floor, len(self.auxiliary))
         setattr(self, MU_KEY, YotoMu(init_mu(len(self.auxiliary), eps)))
 
     @property
@@ -56,13 +74,21 @@ class LossWeights(nnx.Module):
 
     def __call__(self, losses: Mapping[str, ArrayLike]) -> jax.Array:
         """The composite loss Σ λ_i l_i of a dict of scalar losses."""
-        return named_composite(self.mu, losses, self.primary, self.auxiliary)
+        return named_composite(
+            self.mu, losses, self.primary, self.auxiliary, primary_floor=self.primary_floor
+        )
 
     def weights(self) -> dict[str, jax.Array]:
         """The current λ by loss name, for logging."""
-        return named_loss_weights(self.mu, self.primary, self.auxiliary)
+        return named_loss_weights(
+            self.mu, self.primary, self.auxiliary, primary_floor=self.primary_floor
+        )
 
     def report(self, losses: Mapping[str, ArrayLike]) -> WeightReport:
         """:func:`yoto_jax.weight_report` of the current weights and a dict of losses, for
         logging; its arrays follow the order (primary, *auxiliary)."""
-        return weight_report(self.mu, ordered_losses(losses, self.primary, self.auxiliary))
+        return weight_report(
+            self.mu,
+            ordered_losses(losses, self.primary, self.auxiliary),
+            primary_floor=self.primary_floor,
+        )
