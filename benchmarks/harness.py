@@ -2,7 +2,8 @@
 
 One run: `fit` trains the task's model with a `Weighting` for ``task.training.steps``
 Adam steps (learning rate decaying from ``task.training.learning_rate`` to 0 on a cosine;
-batches drawn with replacement from the training split), logging λ and
+batches drawn with replacement from the training split, or, for ``training.fresh``, one
+shuffled pass through it), logging λ and
 the train/val losses every ``log_every`` steps; then `evaluate` measures the model on
 the validation and test splits. Every run of a
 method, over its configurations and seeds, is one ``yoto_jax.grid.vmapped_training``
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import yoto_jax
 from benchmarks.methods import Config, Method, StepContext, Weighting, stack_trees
 from benchmarks.tasks.base import Batch, Params, Splits, Task
 from yoto_jax.grid import vmapped_training
@@ -56,43 +58,51 @@ def split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
     return init_key, loop_key
 
 
-def fit(
-    task: Task,
-    weighting: Weighting,
-    config: Config,
-    model_params: Params,
-    key: jax.Array,
-    data: Splits,
-) -> tuple[Params, jax.Array, Curves]:
-    """Trains the task's model from `model_params` with `weighting`.
+class Run(NamedTuple):
+    """One run's training, in pieces that can be continued: ``init(model_params)`` is the
+    carry before step 0, ``step(carry, step)`` one training step (returning the losses
+    and the weights applied), ``weights(carry)`` the current λ."""
+
+    init: Callable[[Params], tuple]
+    step: Callable[[tuple, jax.Array], tuple[tuple, tuple[jax.Array, jax.Array]]]
+    weights: Callable[[tuple], jax.Array]
+
+
+def training(task: Task, weighting: Weighting, config: Config, key: jax.Array, data: Splits) -> Run:
+    """The training of one run: Adam on a cosine from ``task.training.learning_rate`` to 0
+    over ``task.training.steps``; the step's batch, augmentations and randomness come from
+    ``key`` and the step index alone, so a run continued in pieces equals one in a piece.
 
     Args:
       task: the task.
       weighting: the loss-weighting rule.
       config: its configuration.
-      model_params: the initial parameters, ``task.init(split_key(key)[0])``.
-      key: the run's key (batches, augmentations, the weighting's randomness).
+      key: the run's key (``split_key(key)[0]`` initialises the model).
       data: ``task.data`` (passed as an argument, so that it is not a compiled constant).
-
-    Returns:
-      The trained model's parameters, the final weights λ (K+1,), and the `Curves`.
     """
-    steps, batch_size, learning_rate, log_every, eval_chunk = task.training
-    if steps % log_every:
-        raise ValueError(f"{task.name}: steps {steps} is not a multiple of log_every {log_every}.")
-    loop_key, val_key = jax.random.split(split_key(key)[1])
-    weighting_params, state = weighting.init(config, len(task.loss_names))
-    params = {"model": model_params, "weighting": weighting_params}
+    steps, batch_size, learning_rate, _, _, fresh = task.training
+    loop_key = jax.random.split(split_key(key)[1])[0]
     schedule = optax.cosine_decay_schedule(learning_rate, steps)
     tx = weighting.optimizer(config, optax.adam(schedule), schedule)
-    shared_mask = task.shared_mask(model_params)
     num_train = jax.tree.leaves(data.train)[0].shape[0]
-    val_batch = jax.tree.map(lambda x: x[:eval_chunk], data.val)
+
+    def init(model_params: Params) -> tuple:
+        weighting_params, state = weighting.init(config, len(task.loss_names))
+        params = {"model": model_params, "weighting": weighting_params}
+        return params, tx.init(params), state
+
+    def batch_index(batch_key: jax.Array, step: jax.Array) -> jax.Array:
+        """With replacement from the split, or the step's slice of one shuffled pass
+        (the pass's order comes from key index ``steps``, which no step uses)."""
+        if fresh:
+            order = jax.random.permutation(jax.random.fold_in(loop_key, steps), num_train)
+            return jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
+        return jax.random.randint(batch_key, (batch_size,), 0, num_train)
 
     def train_step(carry: tuple, step: jax.Array) -> tuple[tuple, tuple[jax.Array, jax.Array]]:
         params, opt_state, state = carry
         batch_key, loss_key, method_key = jax.random.split(jax.random.fold_in(loop_key, step), 3)
-        index = jax.random.randint(batch_key, (batch_size,), 0, num_train)
+        index = batch_index(batch_key, step)
         batch = jax.tree.map(lambda x: x[index], data.train)
         ctx = StepContext(
             config=config,
@@ -100,7 +110,7 @@ def fit(
             params=params["weighting"],
             state=state,
             losses_fn=lambda model_params: task.losses(model_params, batch, loss_key),
-            shared_mask=shared_mask,
+            shared_mask=task.shared_mask(params["model"]),
             step=step,
             key=method_key,
         )
@@ -111,15 +121,41 @@ def fit(
         state = weighting.after_update(ctx, params["model"], output)
         return (params, opt_state, state), (output.losses, output.weights)
 
+    def weights(carry: tuple) -> jax.Array:
+        params, _, state = carry
+        return weighting.weights(config, params["weighting"], state)
+
+    return Run(init, train_step, weights)
+
+
+def fit(
+    task: Task,
+    weighting: Weighting,
+    config: Config,
+    model_params: Params,
+    key: jax.Array,
+    data: Splits,
+) -> tuple[Params, jax.Array, Curves]:
+    """Trains the task's model from `model_params` with `weighting` (see `training`),
+    logging every ``task.training.log_every`` steps.
+
+    Returns:
+      The trained model's parameters, the final weights λ (K+1,), and the `Curves`.
+    """
+    steps, _, _, log_every, eval_chunk, _ = task.training
+    if steps % log_every:
+        raise ValueError(f"{task.name}: steps {steps} is not a multiple of log_every {log_every}.")
+    val_key = jax.random.split(split_key(key)[1])[1]
+    val_batch = jax.tree.map(lambda x: x[:eval_chunk], data.val)
+    run = training(task, weighting, config, key, data)
+
     def interval(carry: tuple, start: jax.Array) -> tuple[tuple, Curves]:
-        carry, (losses, weights) = jax.lax.scan(train_step, carry, start + jnp.arange(log_every))
+        carry, (losses, weights) = jax.lax.scan(run.step, carry, start + jnp.arange(log_every))
         val_losses = task.losses(carry[0]["model"], val_batch, val_key)
         return carry, Curves(weights[-1], jnp.mean(losses, axis=0), val_losses)
 
-    carry = (params, tx.init(params), state)
-    (params, _, state), curves = jax.lax.scan(interval, carry, jnp.arange(0, steps, log_every))
-    final_weights = weighting.weights(config, params["weighting"], state)
-    return params["model"], final_weights, curves
+    carry, curves = jax.lax.scan(interval, run.init(model_params), jnp.arange(0, steps, log_every))
+    return carry[0]["model"], run.weights(carry), curves
 
 
 def train_fn(task: Task, weighting: Weighting) -> Callable[[dict, jax.Array, Splits], dict]:
@@ -157,7 +193,7 @@ class Programs:
         self.task = task
         self._compiled: dict[tuple, Any] = {}
         self._init = jax.jit(task.init)
-        self._evaluate = jax.jit(lambda params, split: evaluate(task, params, split))
+        self.evaluate = jax.jit(lambda params, split: evaluate(task, params, split))
 
     def run(self, weighting: Weighting, configs: Sequence[Config], keys: jax.Array) -> Timed:
         """Trains every (configuration, key) pair as one vmapped program, then evaluates."""
@@ -177,7 +213,7 @@ class Programs:
         params = [jax.tree.map(lambda x, i=i: x[i], out["params"]) for i in range(len(configs))]
         splits = {"val": self.task.data.val, "test": self.task.data.test}
         metrics = {
-            name: stack_trees([self._evaluate(p, split) for p in params])
+            name: stack_trees([self.evaluate(p, split) for p in params])
             for name, split in splits.items()
         }
         results = {**metrics, "weights": out["weights"], "curves": out["curves"]}
@@ -224,3 +260,13 @@ def run_method(programs: Programs, method: Method, seeds: Sequence[int]) -> Meth
 def pick(values: np.ndarray, selected: np.ndarray) -> np.ndarray:
     """values[s, selected[s]] for every seed s."""
     return values[np.arange(len(selected)), selected]
+
+
+def collapse_flags(weights: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """``yoto_jax.weight_report``'s collapse flag for the weights λ (..., K+1) a run applied
+    and the training losses it saw (the logits log(λ_i/λ_0) reproduce λ exactly)."""
+    logits = np.log(weights[..., 1:] / weights[..., :1]).reshape(-1, weights.shape[-1] - 1)
+    report = jax.vmap(yoto_jax.weight_report)(
+        jnp.asarray(logits), jnp.asarray(losses.reshape(-1, weights.shape[-1]))
+    )
+    return np.asarray(report.collapsed).reshape(weights.shape[:-1])

@@ -134,14 +134,19 @@ class Weighting:
 class Yoto(Weighting):
     """YOTO through the library: ``yoto_composite`` and ``yoto_optimizer``.
 
-    ``config = {"mu": (K,) initial logits, "rho": ()}``; with ``mu_learning_rate=True``
-    also ``"mu_lr_factor": ()``, and µ gets its own Adam whose learning rate is that
-    factor times the model's schedule (``yoto_optimizer(tx, rho, mu_tx=optax.adam(...))``).
-    Without it, µ is trained by the model's optimizer, as the library's defaults do.
-    Adam acts elementwise, so factor 1 is the same optimizer as the default.
+    ``config = {"mu": (K,) initial logits, "rho": ()}``; by default YOTO is what the
+    library's defaults give (µ on its own Adam at ``DEFAULT_MU_LEARNING_RATE``, the
+    weights floored at 1/(K+1) for the primary as ``LossWeights`` does). ``paper=True``:
+    µ on the model's optimizer (``mu_learning_rate=None``, the paper's setting). With
+    ``mu_learning_rate=True`` the config also holds ``"mu_lr_factor": ()``, and µ gets
+    its own Adam whose learning rate is that factor times the model's schedule; Adam
+    acts elementwise, so factor 1 is the same optimizer as the paper's setting.
+    ``primary_floor``: as in ``yoto_jax.loss_weights`` (0: the paper's weights).
     """
 
     mu_learning_rate: bool = False
+    paper: bool = False
+    primary_floor: float | str = yoto_jax.composite.UNIFORM
 
     def init(self, config: Config, num_losses: int) -> tuple[Params, Any]:
         return {yoto_jax.MU_KEY: config["mu"]}, ()
@@ -149,16 +154,23 @@ class Yoto(Weighting):
     def optimizer(
         self, config: Config, tx: optax.GradientTransformation, learning_rate: optax.Schedule
     ) -> optax.GradientTransformation:
-        mu_tx = None
         if self.mu_learning_rate:
             mu_tx = optax.adam(lambda count: config["mu_lr_factor"] * learning_rate(count))
-        return yoto_jax.yoto_optimizer(tx, config["rho"], mu_tx=mu_tx)
+            return yoto_jax.yoto_optimizer(tx, config["rho"], mu_tx=mu_tx)
+        if self.paper:
+            return yoto_jax.yoto_optimizer(tx, config["rho"], mu_learning_rate=None)
+        return yoto_jax.yoto_optimizer(tx, config["rho"])
+
+    def _floor(self, mu: jax.Array) -> float:
+        return yoto_jax.composite.resolve_floor(self.primary_floor, mu.shape[0])
 
     def objective(self, config: Config, params: Params, state: Any, losses: jax.Array):
-        return yoto_jax.yoto_composite(params[yoto_jax.MU_KEY], losses)
+        mu = params[yoto_jax.MU_KEY]
+        return yoto_jax.yoto_composite(mu, losses, primary_floor=self._floor(mu))
 
     def weights(self, config: Config, params: Params, state: Any) -> jax.Array:
-        return yoto_jax.loss_weights(params[yoto_jax.MU_KEY])
+        mu = params[yoto_jax.MU_KEY]
+        return yoto_jax.loss_weights(mu, primary_floor=self._floor(mu))
 
 
 def yoto_config(
@@ -234,7 +246,16 @@ register(
         "yoto",
         Yoto(),
         single_config(yoto_config),
-        "one YOTO run, library defaults (ε = DEFAULT_EPS, ρ = DEFAULT_RHO, µ on the model's Adam)",
+        "one YOTO run, library defaults (ε = DEFAULT_EPS, ρ = DEFAULT_RHO, "
+        "µ on its own Adam at DEFAULT_MU_LEARNING_RATE, primary floor 1/(K+1))",
+    )
+)
+register(
+    Method(
+        "yoto_paper",
+        Yoto(paper=True, primary_floor=0.0),
+        single_config(yoto_config),
+        "one YOTO run as in the paper: µ on the model's Adam, no floor (the earlier default)",
     )
 )
 register(

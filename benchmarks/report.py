@@ -94,7 +94,7 @@ def _task_markdown(name: str, task: dict[str, Any], seeds: int) -> list[str]:
         relative = np.mean(np.asarray(r["relative_weights"]), axis=0)
         weights = ", ".join(f"{w:.3g}" for w in relative[1:])
         lines.append(
-            f"| {method} | {_fmt(r['test'])} | {r['runs_per_seed']} | {r['wall_s']:.1f} | {weights} |"
+            f"| {method} | {_fmt(r['test'])} | {r['runs_per_seed']:.3g} | {r['wall_s']:.1f} | {weights} |"
         )
     lines.append("")
     if {"yoto", "grid_best"} <= set(task["methods"]):
@@ -107,6 +107,21 @@ def _task_markdown(name: str, task: dict[str, Any], seeds: int) -> list[str]:
             ),
             "",
         ]
+        for other in ("grid_best", "equal"):
+            if other in task["methods"]:
+                p = paired(
+                    task["methods"]["yoto"]["test"],
+                    task["methods"][other]["test"],
+                    task["higher_is_better"],
+                )
+                lines += [
+                    (
+                        f"YOTO vs {other}, paired: {p['mean']:+.4f} ± {p['se']:.4f} (mean ± standard "
+                        f"error, + favours YOTO), W/T/L {p['wins']}/{p['ties']}/{p['losses']}: "
+                        f"{p['verdict']}."
+                    ),
+                    "",
+                ]
     if "grid" in task:
         width, seed_std = spread(task)
         verdict = "the weights matter" if width > seed_std else "within seed noise"
@@ -187,10 +202,14 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         "",
     ]
+    if config.get("notes"):
+        lines += [config["notes"], ""]
     for name, task in results["tasks"].items():
         lines += _task_markdown(name, task, config["seeds"])
     if any(s["tasks"] for s in results["studies"].values()):
         lines += _study_markdown(results)
+    if results.get("regimes"):
+        lines += _regimes_markdown(results)
     return "\n".join(lines) + "\n"
 
 
@@ -268,6 +287,31 @@ def plot_grid(name: str, task: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_compute(name: str, task: dict[str, Any], path: Path) -> None:
+    """Every method's test metric (mean ± std over seeds) against its compute per seed, in
+    runs of the task's training budget (member-steps / steps)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, r in task["methods"].items():
+        mean, std = _mean_std(r["test"])
+        ax.errorbar(r["runs_per_seed"], mean, 0.0 if np.isnan(std) else std, marker="o", capsize=3)
+        ax.annotate(
+            method,
+            (r["runs_per_seed"], mean),
+            fontsize=7,
+            xytext=(4, 2),
+            textcoords="offset points",
+        )
+    better = "higher" if task["higher_is_better"] else "lower"
+    ax.set(
+        xlabel="compute per seed (runs of the training budget)",
+        ylabel=f"test {task['metric']} ({better} is better)",
+        title=f"{name}: quality against compute",
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_studies(results: dict[str, Any], path: Path) -> None:
     """Test metric against ε and ρ, one line per µ learning-rate factor, per task."""
     names = list(results["studies"]["eps"]["tasks"])
@@ -306,6 +350,183 @@ def plot_studies(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def paired(ours: Any, theirs: Any, higher_is_better: bool) -> dict[str, Any]:
+    """Per-seed advantage of `ours` over `theirs` (positive favours ours): its mean, its
+    standard error over seeds, wins/ties/losses (tie: |difference| < TIE) and the verdict
+    "win"/"tie"/"loss" of the mean against twice its standard error (a tie within noise)."""
+    sign = 1.0 if higher_is_better else -1.0
+    advantage = sign * (np.asarray(ours, np.float64) - np.asarray(theirs, np.float64))
+    mean = float(np.mean(advantage))
+    se = float(np.std(advantage, ddof=1) / np.sqrt(len(advantage))) if len(advantage) > 1 else 0.0
+    verdict = "tie" if abs(mean) <= 2 * se or abs(mean) < TIE else ("win" if mean > 0 else "loss")
+    return {
+        "mean": mean,
+        "se": se,
+        "wins": int(np.sum(advantage >= TIE)),
+        "ties": int(np.sum(np.abs(advantage) < TIE)),
+        "losses": int(np.sum(advantage <= -TIE)),
+        "verdict": verdict,
+    }
+
+
+def _equal_label(variant: dict[str, Any]) -> str:
+    return "equal" if variant["scale"] == 1.0 else f"equal, c {variant['scale']:g}"
+
+
+def regime_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (data level, YOTO variant): YOTO against grid_best, equal and primary only."""
+    rows = []
+    higher = entry["higher_is_better"]
+    for level, data in entry["levels"].items():
+        for name, run in data["yoto"].items():
+            variant = run["variant"]
+            equal = data["fixed"][_equal_label(variant)]["test"]
+            budget = "model's" if variant["paper"] else f"{variant['mu_lr'] * entry['steps']:.3g}"
+            rows.append(
+                {
+                    "level": level,
+                    "train_size": data["train_size"],
+                    "variant": name,
+                    "factor": run["factor"],
+                    "budget_nats": budget,
+                    "test": run["test"],
+                    "grid_best": data["grid_best"]["test"],
+                    "equal": equal,
+                    "primary": data["fixed"]["primary only"]["test"],
+                    "vs_grid": paired(run["test"], data["grid_best"]["test"], higher),
+                    "vs_equal": paired(run["test"], equal, higher),
+                    "relative_weights": np.mean(run["relative_weights"], axis=0)[1:].tolist(),
+                    "collapsed": int(np.sum(run["collapsed"])),
+                }
+            )
+    return rows
+
+
+def _regimes_markdown(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Regime map",
+        "",
+        (
+            "YOTO variants against the grid's best (selected by validation), equal weights and "
+            "the primary loss alone, at each training-set size; every row is mean ± std over "
+            "seeds of the test metric. Δ columns: mean paired advantage of YOTO (positive "
+            "favours YOTO) ± its standard error, the per-seed W/T/L, and the verdict of the "
+            "mean against twice its standard error. Budget: µ's summed learning rate in nats "
+            "(\"model's\": µ on the model's Adam, the paper's setting). λ_i/λ_0: final, on "
+            "the original (unscaled) losses. Collapsed: runs that `weight_report` flags."
+        ),
+        "",
+    ]
+    for name, entry in results["regimes"].items():
+        metric = entry["metric"]
+        lines += [
+            f"### {name} ({metric}, {'higher' if entry['higher_is_better'] else 'lower'} is better)",
+            "",
+            (
+                "| data (train size) | variant | budget | YOTO | grid_best | equal | primary only "
+                "| Δ vs grid_best | Δ vs equal | λ_i/λ_0 | collapsed |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in regime_rows(entry):
+            g, e = row["vs_grid"], row["vs_equal"]
+            weights = ", ".join(f"{w:.2g}" for w in row["relative_weights"])
+            lines.append(
+                f"| {row['level']} ({row['train_size']}) | {row['variant']} | {row['budget_nats']} "
+                f"| {_fmt(row['test'])} | {_fmt(row['grid_best'])} | {_fmt(row['equal'])} "
+                f"| {_fmt(row['primary'])} "
+                f"| {g['mean']:+.4f} ± {g['se']:.4f} {g['wins']}/{g['ties']}/{g['losses']} {g['verdict']} "
+                f"| {e['mean']:+.4f} ± {e['se']:.4f} {e['wins']}/{e['ties']}/{e['losses']} {e['verdict']} "
+                f"| {weights} | {row['collapsed']}/{len(row['test'])} |"
+            )
+        lines.append("")
+    return lines
+
+
+def plot_regimes(results: dict[str, Any], path: Path) -> None:
+    """YOTO − grid_best (positive favours YOTO, mean ± standard error over seeds) against
+    each factor of the map, one row of panels per task."""
+    names = list(results["regimes"])
+    factors = ("data", "budget", "eps", "rho", "units")
+    fig, axes = plt.subplots(len(names), len(factors), figsize=(4 * len(factors), 3 * len(names)))
+    axes = np.atleast_2d(axes)
+    for row_axes, name in zip(axes, names):
+        entry = results["regimes"][name]
+        rows = regime_rows(entry)
+        x1 = [r for r in rows if r["level"] == "x1"]
+        for ax, factor in zip(row_axes, factors):
+            if factor == "data":
+                levels = list(entry["levels"])
+                for variant in ("reference", "paper: µ on the model's Adam", "primary floor"):
+                    points = [r for r in rows if r["variant"] == variant]
+                    ax.errorbar(
+                        range(len(points)),
+                        [r["vs_grid"]["mean"] for r in points],
+                        [r["vs_grid"]["se"] for r in points],
+                        marker="o",
+                        capsize=3,
+                        label=f"YOTO {variant}",
+                    )
+                for other in ("equal", "primary"):
+                    points = [next(r for r in rows if r["level"] == lv) for lv in levels]
+                    advantages = [
+                        paired(r[other], r["grid_best"], entry["higher_is_better"])["mean"]
+                        for r in points
+                    ]
+                    ax.plot(range(len(levels)), advantages, "--", label=other)
+                ax.set_xticks(
+                    range(len(levels)),
+                    [f"{lv}\n({entry['levels'][lv]['train_size']})" for lv in levels],
+                )
+                ax.set_xlabel("training set")
+            else:
+                if factor == "units":
+                    groups = {
+                        v: [r for r in x1 if r["variant"] == v or r["variant"].endswith(", " + v)]
+                        for v in ("reference", "paper: µ on the model's Adam", "primary floor")
+                    }
+                else:
+                    wanted = {"budget": ("budget",), "eps": ("eps",), "rho": ("rho",)}[factor]
+                    groups = {"YOTO": [r for r in x1 if r["factor"] in (*wanted, "reference")]}
+                for label, points in groups.items():
+                    values = [_factor_value(factor, r, entry) for r in points]
+                    order = np.argsort(values)
+                    ax.errorbar(
+                        np.asarray(values)[order],
+                        [points[i]["vs_grid"]["mean"] for i in order],
+                        [points[i]["vs_grid"]["se"] for i in order],
+                        marker="o",
+                        capsize=3,
+                        label=label,
+                    )
+                ax.set_xscale("log")
+                ax.set_xlabel(
+                    {
+                        "budget": "µ budget (nats)",
+                        "eps": "ε",
+                        "rho": "ρ",
+                        "units": "c (last aux ×c)",
+                    }[factor]
+                )
+            ax.axhline(0.0, color="k", lw=0.8)
+            ax.set_ylabel(f"YOTO − grid_best ({entry['metric']}, + favours YOTO)", fontsize=7)
+            ax.set_title(f"{name}: {factor}")
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _factor_value(factor: str, row: dict[str, Any], entry: dict[str, Any]) -> float:
+    variant = entry["levels"]["x1"]["yoto"][row["variant"]]["variant"]
+    if factor == "budget":
+        # the paper's setting: µ on the model's cosine-decayed Adam, lr·T/2 nats
+        return (variant["mu_lr"] if not variant["paper"] else 0.5 * entry["learning_rate"]) * entry[
+            "steps"
+        ]
+    return {"eps": variant["eps"], "rho": variant["rho"], "units": variant["scale"]}[factor]
+
+
 def write(results: dict[str, Any], out: Path) -> None:
     """Writes results.md and the plots into `out`."""
     (out / "results.md").write_text(markdown(results))
@@ -314,8 +535,12 @@ def write(results: dict[str, Any], out: Path) -> None:
             plot_dynamics(name, task, results, out / f"dynamics_{name}.png")
         if "grid" in task:
             plot_grid(name, task, out / f"grid_{name}.png")
+        if task["methods"]:
+            plot_compute(name, task, out / f"compute_{name}.png")
     if results["studies"]["eps"]["tasks"]:
         plot_studies(results, out / "studies.png")
+    if results.get("regimes"):
+        plot_regimes(results, out / "regimes.png")
 
 
 if __name__ == "__main__":

@@ -30,18 +30,24 @@ import yoto_jax
 from benchmarks import (
     baseline_methods,  # noqa: F401  (importing it registers the baselines)
     harness,
+    regimes,
     report,
+    search_methods,
     studies,
     tasks,
 )
 from benchmarks.methods import GRID_VALUES, METHODS, relative_weights
+
+ALL_METHODS = (*METHODS, *search_methods.SEARCHES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, quick scale, reduced studies")
     parser.add_argument("--tasks", default=",".join(tasks.TASKS), help="comma-separated tasks")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument(
+        "--methods", default=",".join(ALL_METHODS), help="comma-separated methods, or 'none'"
+    )
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5, or 1 quick)")
     parser.add_argument("--scale", choices=tasks.SCALES, default=None, help="task sizes")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output directory")
@@ -49,9 +55,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-sequential", action="store_true", help="skip timing the grid run one by one"
     )
+    parser.add_argument(
+        "--regimes", action="store_true", help="also run the regime map (benchmarks/regimes.py)"
+    )
     args = parser.parse_args(argv)
     args.tasks = _names(args.tasks, tasks.TASKS, "task", parser)
-    args.methods = _names(args.methods, tuple(METHODS), "method", parser)
+    args.methods = (
+        [] if args.methods == "none" else _names(args.methods, ALL_METHODS, "method", parser)
+    )
     args.scale = args.scale or ("quick" if args.quick else "full")
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
     if args.seeds < 1:
@@ -85,9 +96,10 @@ def _method_entry(task: tasks.Task, run: harness.MethodRun, with_curves: bool) -
         "summary": run.method.summary,
     }
     if with_curves:
-        entry["curves"] = {
-            k: harness.pick(v, selected).tolist() for k, v in results["curves"].items()
-        }
+        curves = {k: harness.pick(v, selected) for k, v in results["curves"].items()}
+        entry["curves"] = {k: v.tolist() for k, v in curves.items()}
+        # yoto_jax.weight_report's flag on the final λ and the last logged training losses
+        entry["collapsed"] = harness.collapse_flags(weights, curves["train"][:, -1]).tolist()
     return entry
 
 
@@ -167,8 +179,13 @@ def run_task(name: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict
     runs = {}
     for method in args.methods:
         bar.set_description(f"{name}: {method}")
-        runs[method] = harness.run_method(programs, METHODS[method], seeds)
-        entry["methods"][method] = _method_entry(task, runs[method], with_curves=method == "yoto")
+        if method in search_methods.SEARCHES:
+            entry["methods"][method] = search_methods.run(method, programs, seeds)
+        else:
+            runs[method] = harness.run_method(programs, METHODS[method], seeds)
+            entry["methods"][method] = _method_entry(
+                task, runs[method], with_curves=method.startswith("yoto")
+            )
         bar.update()
     for method, key in (("grid_best", "grid"), ("random_best", "random")):
         if method in runs:
@@ -226,8 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     stages = 1 + len(args.methods) + (not args.no_sequential) + (not args.no_studies)
+    stages += len(regimes.DATA_LEVELS) if args.regimes else 0
+    if args.regimes:
+        results["regimes"] = {}
     with tqdm(total=stages * len(args.tasks), unit="stage") as bar:
         for name in args.tasks:
+            if args.regimes:
+                seeds = list(range(args.seeds))
+                results["regimes"][name] = regimes.run_task(name, args.scale, seeds, bar)
             results["tasks"][name], study = run_task(name, args, bar)
             if study is not None:
                 for which in ("eps", "rho"):

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import yoto_jax
 from benchmarks.methods import Config, Method, Yoto, yoto_config
 
-WEIGHTING = Yoto(mu_learning_rate=True)
+WEIGHTING = Yoto(mu_learning_rate=True, primary_floor=0.0)  # the paper's weights
 
 EPS_VALUES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 RHO_VALUES = (0.0, 0.01, 0.1, 1.0, 10.0)

@@ -17,7 +17,7 @@ import yoto_jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside yoto_jax, uninstalled
 
-from benchmarks import harness, studies, tasks
+from benchmarks import harness, regimes, studies, tasks
 from benchmarks.methods import METHODS, yoto_config
 
 METHOD_KEYS = {"test", "val", "runs_per_seed", "wall_s", "weights"}
@@ -91,27 +91,61 @@ def check_selection_and_shared_runs(task: dict) -> None:
     np.testing.assert_allclose(np.sum(task["methods"]["yoto"]["weights"], axis=1), 1.0, rtol=1e-6)
 
 
-def test_yoto_default_equals_the_study_path_with_mu_lr_factor_one():
-    """µ on the model's Adam (mu_tx=None) and µ with its own Adam at factor 1 of the model's
-    schedule are the same optimizer: the factor-1 row of the studies is the library default."""
-    schedule = optax.cosine_decay_schedule(3e-3, 20)
-    default_tx = METHODS["yoto"].weighting.optimizer(yoto_config(2), optax.adam(schedule), schedule)
-    config = studies.config(studies.Point(0.1, 0.1, mu_lr_factor=1.0), 2)
-    study_tx = studies.WEIGHTING.optimizer(config, optax.adam(schedule), schedule)
-    params = {"model": {"w": jnp.ones((3, 2))}, "weighting": {yoto_jax.MU_KEY: config["mu"]}}
+def _trained(tx: optax.GradientTransformation, mu: jax.Array) -> dict:
+    """20 steps of `tx` on fixed pseudo-gradients over a model leaf and µ."""
+    params = {"model": {"w": jnp.ones((3, 2))}, "weighting": {yoto_jax.MU_KEY: mu}}
     grads = jax.tree.map(
         lambda x: jnp.sin(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), params
     )
-    updates = []
-    for tx in (default_tx, study_tx):
-        state, p = tx.init(params), params
-        for _ in range(20):
-            update, state = tx.update(grads, state, p)
-            p = optax.apply_updates(p, update)
-        updates.append(p)
-    for a, b in zip(jax.tree.leaves(updates[0]), jax.tree.leaves(updates[1])):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert not np.allclose(updates[0]["weighting"][yoto_jax.MU_KEY], config["mu"])  # µ moved
+    state = tx.init(params)
+    for _ in range(20):
+        update, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, update)
+    return params
+
+
+def _assert_same(a: dict, b: dict, mu: jax.Array) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(a["weighting"][yoto_jax.MU_KEY], mu)  # µ moved
+
+
+def test_yoto_paper_equals_the_study_path_with_mu_lr_factor_one():
+    """µ on the model's Adam (mu_learning_rate=None) and µ with its own Adam at factor 1 of
+    the model's schedule are the same optimizer: the factor-1 row of the studies is the
+    paper's setting."""
+    schedule = optax.cosine_decay_schedule(3e-3, 20)
+    paper_tx = METHODS["yoto_paper"].weighting.optimizer(
+        yoto_config(2), optax.adam(schedule), schedule
+    )
+    config = studies.config(studies.Point(0.1, 0.1, mu_lr_factor=1.0), 2)
+    study_tx = studies.WEIGHTING.optimizer(config, optax.adam(schedule), schedule)
+    _assert_same(_trained(paper_tx, config["mu"]), _trained(study_tx, config["mu"]), config["mu"])
+
+
+def test_yoto_default_is_the_regime_maps_primary_floor_variant():
+    """The library's default path (µ on its own Adam, the weights floored at 1/(K+1) as
+    LossWeights does) is the regime map's "primary floor" point: same optimizer, same
+    objective and weights."""
+    schedule = optax.cosine_decay_schedule(3e-3, 20)
+    default, regime = METHODS["yoto"].weighting, regimes.RegimeYoto()
+    config = regimes.FLOOR.config(2)
+    default_tx = default.optimizer(yoto_config(2), optax.adam(schedule), schedule)
+    reference_tx = regime.optimizer(config, optax.adam(schedule), schedule)
+    mu = config["mu"]
+    _assert_same(_trained(default_tx, mu), _trained(reference_tx, mu), mu)
+    assert regimes.REFERENCE_MU_LEARNING_RATE == yoto_jax.DEFAULT_MU_LEARNING_RATE
+    params = {yoto_jax.MU_KEY: jnp.array([0.3, -2.0])}
+    losses = jnp.array([0.5, 0.2, 0.9])
+    np.testing.assert_allclose(
+        default.weights(yoto_config(2), params, ()), regime.weights(config, params, ()), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        default.objective(yoto_config(2), params, (), losses),
+        regime.objective(config, params, (), losses),
+        rtol=1e-6,
+    )
+    assert float(default.weights(yoto_config(2), params, ())[0]) >= 1 / 3
 
 
 @pytest.mark.parametrize("name", ["depth", "segmentation"])

@@ -33,6 +33,7 @@ class Training(NamedTuple):
     learning_rate: float  # Adam's initial one (cosine decay to 0), for the model and µ
     log_every: int  # steps between logged points of the curves
     eval_chunk: int  # examples per evaluation chunk; divides the val and test sizes
+    fresh: bool = False  # batches walk once through a shuffled split of steps x batch examples
 
 
 class Scale(NamedTuple):
@@ -92,3 +93,42 @@ def split_batch(batch: dict[str, np.ndarray], sizes: tuple[int, int, int]) -> Sp
     bounds = np.cumsum((0, *sizes))
     parts = [{k: v[lo:hi] for k, v in batch.items()} for lo, hi in itertools.pairwise(bounds)]
     return Splits(*(to_device(part) for part in parts))
+
+
+EXTRA_TRAIN_SEED = 2
+"""Extra training examples are drawn from ``np.random.default_rng([data_seed, 2])``."""
+
+FRESH = "fresh"
+"""The training-set size at which no example is seen twice (see `grow_train`)."""
+
+
+def grow_train(
+    data: Splits,
+    training: Training,
+    train_size: int | str | None,
+    examples: Callable[[np.random.Generator, int], dict[str, np.ndarray]],
+    data_seed: int,
+) -> tuple[Splits, Training]:
+    """`data` with its training split grown to `train_size` examples by `examples(rng, n)`.
+
+    The validation and test splits, and the first training examples, stay as they are,
+    so that a larger training set is the only change (the regime map's data-size factor).
+    ``train_size="fresh"`` grows the split to steps x batch examples and sets
+    ``training.fresh``: the batches then walk through it once, in a shuffled order, so
+    every batch holds new examples, as in a large-data regime.
+    """
+    size = jax.tree.leaves(data.train)[0].shape[0]
+    if train_size == FRESH:
+        train_size = training.steps * training.batch_size
+        training = training._replace(fresh=True)
+    if train_size is None or train_size == size:
+        return data, training
+    if not isinstance(train_size, int) or train_size < size:
+        raise ValueError(
+            f"train_size must be None, {FRESH!r} or an int >= the split's {size} examples, "
+            f"got {train_size!r}."
+        )
+    rng = np.random.default_rng([data_seed, EXTRA_TRAIN_SEED])
+    extra = to_device(examples(rng, train_size - size))
+    train = {k: jnp.concatenate([v, extra[k]]) for k, v in data.train.items()}
+    return data._replace(train=train), training

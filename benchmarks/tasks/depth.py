@@ -16,7 +16,7 @@ import numpy as np
 from benchmarks import metrics
 from benchmarks.models import DEPTH_LOSSES, LOG_DEPTH_SHIFT, depth_conv_net
 from benchmarks.scenes import render
-from benchmarks.tasks.base import Batch, Params, Scale, Task, Training, split_batch
+from benchmarks.tasks.base import Batch, Params, Scale, Task, Training, grow_train, split_batch
 
 _SCALES = {
     "full": Scale((16, 128, 256), Training(400, 8, 3e-3, 20, 64), width=16),
@@ -25,11 +25,16 @@ _SCALES = {
 }
 
 
-def build(scale: str, data_seed: int = 0) -> Task:
-    """The depth task at `scale` ("full", "quick" or "tiny")."""
+def build(scale: str, data_seed: int = 0, train_size: int | str | None = None) -> Task:
+    """The depth task at `scale` ("full", "quick" or "tiny"), optionally with more
+    training scenes (`benchmarks.tasks.base.grow_train`)."""
     sizes, training, width = _SCALES[scale]
     net = depth_conv_net(width=width)
     scenes = render(np.random.default_rng(data_seed), sum(sizes))
+    data = split_batch(scenes._asdict(), sizes)
+    data, training = grow_train(
+        data, training, train_size, lambda rng, num: render(rng, num)._asdict(), data_seed
+    )
 
     def statistics(params: Params, batch: Batch) -> dict[str, jax.Array]:
         log_depth = net.model.apply(params, batch["image"])["depth"][..., 0] + LOG_DEPTH_SHIFT
@@ -41,7 +46,7 @@ def build(scale: str, data_seed: int = 0) -> Task:
         loss_names=DEPTH_LOSSES,
         metric="abs_rel",
         higher_is_better=False,
-        data=split_batch(scenes._asdict(), sizes),
+        data=data,
         training=training,
         init=net.init,
         losses=net.loss_vector,

@@ -11,6 +11,8 @@ competing readout of the overlap), and the reconstruction of the whole image
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +21,7 @@ from sklearn.datasets import load_digits
 from benchmarks import losses as L
 from benchmarks import metrics
 from benchmarks.models import DigitsNet
-from benchmarks.tasks.base import Batch, Params, Scale, Task, Training, split_batch
+from benchmarks.tasks.base import Batch, Params, Scale, Task, Training, grow_train, split_batch
 
 _SHIFT = 4  # the right digit starts this many columns to the right of the left one
 _WIDTH = 8 + _SHIFT
@@ -40,19 +42,27 @@ def _pairs(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, num
     return {"image": canvas, "left": labels[left], "right": labels[right]}
 
 
-def build(scale: str, data_seed: int = 0) -> Task:
-    """The multidigits task at `scale` ("full", "quick" or "tiny")."""
+def build(scale: str, data_seed: int = 0, train_size: int | str | None = None) -> Task:
+    """The multidigits task at `scale` ("full", "quick" or "tiny"), optionally with more
+    training pairs from the training pool of digit images (`benchmarks.tasks.base.grow_train`)."""
     sizes, training, width = _SCALES[scale]
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int32)
     rng = np.random.default_rng(data_seed)
     order = rng.permutation(len(images))
     bounds = np.cumsum([0, *(int(f * len(images)) for f in _POOLS)])
-    parts = [
-        _pairs(rng, images[order[lo:hi]], digits.target[order[lo:hi]].astype(np.int32), num)
-        for lo, hi, num in zip(bounds[:-1], bounds[1:], sizes)
-    ]
+    pools = [order[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    parts = [_pairs(rng, images[pool], labels[pool], num) for pool, num in zip(pools, sizes)]
     data = split_batch({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, sizes)
+    train_pool = pools[0]
+    data, training = grow_train(
+        data,
+        training,
+        train_size,
+        lambda extra_rng, num: _pairs(extra_rng, images[train_pool], labels[train_pool], num),
+        data_seed,
+    )
     model = DigitsNet(pixels=8 * _WIDTH, hidden=width)
 
     def losses(params: Params, batch: Batch, key: jax.Array) -> jax.Array:

@@ -28,6 +28,7 @@ from benchmarks.tasks.base import (
     Scale,
     Task,
     Training,
+    grow_train,
     split_batch,
     to_device,
 )
@@ -99,17 +100,23 @@ def _segmentation_task(model, data, training, loss_names) -> Task:
     )
 
 
-def build(scale: str, data_seed: int = 0) -> Task:
-    """The segmentation task at `scale` ("full", "quick" or "tiny")."""
+def build(scale: str, data_seed: int = 0, train_size: int | str | None = None) -> Task:
+    """The segmentation task at `scale` ("full", "quick" or "tiny"), optionally with more
+    training scenes (`benchmarks.tasks.base.grow_train`)."""
     (sizes, training, width), teacher_scale = _SCALES[scale]
     teacher, teacher_params = _teacher(teacher_scale, data_seed)
-    scenes = render(np.random.default_rng(data_seed), sum(sizes))._asdict()
-    probs = jax.nn.softmax(
-        teacher.apply(teacher_params, to_device(scenes)["image"])["segmentation"]
-    )
-    new_classes = len(CLASSES) - len(OLD_CLASSES)
-    scenes["teacher"] = np.asarray(jnp.pad(probs, ((0, 0),) * 3 + ((0, new_classes),)))
+
+    def labelled_scenes(rng: np.random.Generator, num: int) -> dict[str, np.ndarray]:
+        """Scenes with the teacher's soft labels (zero mass on the classes it does not know)."""
+        scenes = render(rng, num)._asdict()
+        probs = jax.nn.softmax(
+            teacher.apply(teacher_params, to_device(scenes)["image"])["segmentation"]
+        )
+        new_classes = len(CLASSES) - len(OLD_CLASSES)
+        scenes["teacher"] = np.asarray(jnp.pad(probs, ((0, 0),) * 3 + ((0, new_classes),)))
+        return scenes
+
+    data = split_batch(labelled_scenes(np.random.default_rng(data_seed), sum(sizes)), sizes)
+    data, training = grow_train(data, training, train_size, labelled_scenes, data_seed)
     model = ConvNet((("segmentation", len(CLASSES) + 1),), width)
-    return _segmentation_task(
-        model, split_batch(scenes, sizes), training, ("ce", "dice", "distill")
-    )
+    return _segmentation_task(model, data, training, ("ce", "dice", "distill"))
