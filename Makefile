@@ -1,5 +1,5 @@
 # Two entry points that set everything up on a fresh machine with Python 3.11+ and pip:
-#   make demo   - the benchmark's quick mode (YOTO vs grid search, ~3 min on 2 cores)
+#   make demo   - the benchmark's quick mode (every method on every task, ~9 min on 2 cores)
 #   make test   - the whole test suite
 PYTHON ?= python3
 VENV := .venv
