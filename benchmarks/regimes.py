@@ -76,9 +76,7 @@ class RegimeYoto(Weighting):
         return jnp.dot(self.weights(config, params, state), config["loss_scale"] * losses)
 
     def weights(self, config: Config, params: Params, state: Any) -> jax.Array:
-        weights = yoto_jax.loss_weights(params[yoto_jax.MU_KEY])
-        primary = jnp.zeros_like(weights).at[0].set(1.0)
-        return config["floor"] * primary + (1.0 - config["floor"]) * weights
+        return yoto_jax.loss_weights(params[yoto_jax.MU_KEY], primary_floor=config["floor"])
 
 
 class Variant(NamedTuple):

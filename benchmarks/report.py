@@ -33,16 +33,9 @@ def _fmt(values: Any) -> str:
 
 def comparison(task: dict[str, Any]) -> dict[str, Any]:
     """YOTO − grid_best per seed, oriented so that a positive number favours YOTO."""
-    sign = 1.0 if task["higher_is_better"] else -1.0
     yoto = np.asarray(task["methods"]["yoto"]["test"])
     grid = np.asarray(task["methods"]["grid_best"]["test"])
-    advantage = sign * (yoto - grid)
-    return {
-        "difference": (yoto - grid).tolist(),
-        "wins": int(np.sum(advantage >= TIE)),
-        "ties": int(np.sum(np.abs(advantage) < TIE)),
-        "losses": int(np.sum(advantage <= -TIE)),
-    }
+    return {"difference": (yoto - grid).tolist(), **paired(yoto, grid, task["higher_is_better"])}
 
 
 def spread(task: dict[str, Any]) -> tuple[float, float]:
@@ -98,15 +91,8 @@ def _task_markdown(name: str, task: dict[str, Any], seeds: int) -> list[str]:
         )
     lines.append("")
     if {"yoto", "grid_best"} <= set(task["methods"]):
-        c = comparison(task)
-        diffs = ", ".join(f"{d:+.4f}" for d in c["difference"])
-        lines += [
-            (
-                f"YOTO − grid_best per seed: {diffs}. Wins/ties/losses for YOTO: "
-                f"{c['wins']}/{c['ties']}/{c['losses']} (tie: |difference| < {TIE})."
-            ),
-            "",
-        ]
+        diffs = ", ".join(f"{d:+.4f}" for d in comparison(task)["difference"])
+        lines += [f"YOTO − grid_best per seed: {diffs} (tie: |difference| < {TIE}).", ""]
         for other in ("grid_best", "equal"):
             if other in task["methods"]:
                 p = paired(

@@ -10,14 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.composite import (
-    Logits,
-    Losses,
-    _floored,
-    _full_logits,
-    _logit_vector_of,
-    _loss_vector,
-)
+from yoto_jax.composite import Logits, Losses, _logit_vector_of, _loss_vector, loss_weights
 
 DEFAULT_PRIMARY_THRESHOLD = 0.2
 """The primary weight λ_0 below which a run whose largest weight sits on the auxiliary
@@ -85,7 +78,7 @@ def weight_report(
     else:
         vector, loss_values = _loss_vector(mu, losses)
         smallest = (1 + jnp.argmin(loss_values[1:])).astype(jnp.int32)
-    weights = _floored(jax.nn.softmax(_full_logits(vector)), primary_floor)
+    weights = loss_weights(vector, primary_floor=primary_floor)
     entropy = -jnp.sum(jnp.where(weights > 0, weights * jnp.log(weights), 0.0))
     heaviest = jnp.argmax(weights).astype(jnp.int32)
     on_smallest = heaviest > 0 if losses is None else heaviest == smallest
