@@ -28,6 +28,9 @@ from yoto_jax.search import (
     successive_halving,
 )
 from yoto_jax.selection import MU_KEY, is_mu_path, model_mask, mu_labels, mu_mask
+from yoto_jax.trainer import StepLog, Trainer, TrainerState, trainer
+from yoto_jax.weighting import Weighting, WeightingStep, fixed_weights, relative_weights
+from yoto_jax.yoto_weighting import yoto
 
 __version__ = "0.1.0"
 
@@ -41,8 +44,14 @@ __all__ = [
     "PBTHistory",
     "PBTResult",
     "Rung",
+    "StepLog",
+    "Trainer",
+    "TrainerState",
     "WeightReport",
+    "Weighting",
+    "WeightingStep",
     "baselines",
+    "fixed_weights",
     "grid_search",
     "hyperparameter_decay",
     "init_mu",
@@ -58,10 +67,13 @@ __all__ = [
     "population_based_training",
     "random_loss_weights",
     "regularizer",
+    "relative_weights",
     "regularizer_grad",
     "successive_halving",
+    "trainer",
     "vmapped_training",
     "weight_report",
+    "yoto",
     "yoto_composite",
     "yoto_optimizer",
 ]
