@@ -1,6 +1,6 @@
 """The training loop, evaluation, and running configurations as one vmapped program.
 
-One run: `fit` trains the task's model with a `Weighting` for ``task.training.steps``
+One run: `fit` trains the task's model with a method's weighting for ``task.training.steps``
 Adam steps (learning rate decaying from ``task.training.learning_rate`` to 0 on a cosine;
 batches drawn with replacement from the training split, or, for ``training.fresh``, one
 shuffled pass through it), logging λ and
@@ -23,9 +23,9 @@ import numpy as np
 import optax
 
 import yoto_jax
-from benchmarks.methods import Config, Method, StepContext, Weighting, stack_trees
+from benchmarks.methods import Config, MakeWeighting, Method, Setting
 from benchmarks.tasks.base import Batch, Params, Splits, Task
-from yoto_jax.grid import vmapped_training
+from yoto_jax.grid import stack_trees, vmapped_training
 
 
 class Curves(NamedTuple):
@@ -60,22 +60,28 @@ def split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 class Run(NamedTuple):
     """One run's training, in pieces that can be continued: ``init(model_params)`` is the
-    carry before step 0, ``step(carry, step)`` one training step (returning the losses
-    and the weights applied), ``weights(carry)`` the current λ."""
+    carry before step 0 (a ``yoto_jax.TrainerState``), ``step(carry, step)`` one training
+    step (returning the losses and the weights applied), ``weights(carry)`` the current λ."""
 
-    init: Callable[[Params], tuple]
-    step: Callable[[tuple, jax.Array], tuple[tuple, tuple[jax.Array, jax.Array]]]
-    weights: Callable[[tuple], jax.Array]
+    init: Callable[[Params], yoto_jax.TrainerState]
+    step: Callable[
+        [yoto_jax.TrainerState, jax.Array],
+        tuple[yoto_jax.TrainerState, tuple[jax.Array, jax.Array]],
+    ]
+    weights: Callable[[yoto_jax.TrainerState], jax.Array]
 
 
-def training(task: Task, weighting: Weighting, config: Config, key: jax.Array, data: Splits) -> Run:
-    """The training of one run: Adam on a cosine from ``task.training.learning_rate`` to 0
-    over ``task.training.steps``; the step's batch, augmentations and randomness come from
-    ``key`` and the step index alone, so a run continued in pieces equals one in a piece.
+def training(
+    task: Task, weighting: MakeWeighting, config: Config, key: jax.Array, data: Splits
+) -> Run:
+    """The training of one run with ``yoto_jax.trainer``: Adam on a cosine from
+    ``task.training.learning_rate`` to 0 over ``task.training.steps``; the step's batch,
+    augmentations and randomness come from ``key`` and the step index alone, so a run
+    continued in pieces equals one in a piece.
 
     Args:
       task: the task.
-      weighting: the loss-weighting rule.
+      weighting: the method's ``weighting(config, setting)``.
       config: its configuration.
       key: the run's key (``split_key(key)[0]`` initialises the model).
       data: ``task.data`` (passed as an argument, so that it is not a compiled constant).
@@ -83,13 +89,13 @@ def training(task: Task, weighting: Weighting, config: Config, key: jax.Array, d
     steps, batch_size, learning_rate, _, _, fresh = task.training
     loop_key = jax.random.split(split_key(key)[1])[0]
     schedule = optax.cosine_decay_schedule(learning_rate, steps)
-    tx = weighting.optimizer(config, optax.adam(schedule), schedule)
+    train = yoto_jax.trainer(
+        weighting(config, Setting(task.shared_mask, schedule)), optax.adam(schedule)
+    )
     num_train = jax.tree.leaves(data.train)[0].shape[0]
 
-    def init(model_params: Params) -> tuple:
-        weighting_params, state = weighting.init(config, len(task.loss_names))
-        params = {"model": model_params, "weighting": weighting_params}
-        return params, tx.init(params), state
+    def init(model_params: Params) -> yoto_jax.TrainerState:
+        return train.init(model_params, len(task.loss_names))
 
     def batch_index(batch_key: jax.Array, step: jax.Array) -> jax.Array:
         """With replacement from the split, or the step's slice of one shuffled pass
@@ -99,38 +105,23 @@ def training(task: Task, weighting: Weighting, config: Config, key: jax.Array, d
             return jax.lax.dynamic_slice_in_dim(order, step * batch_size, batch_size)
         return jax.random.randint(batch_key, (batch_size,), 0, num_train)
 
-    def train_step(carry: tuple, step: jax.Array) -> tuple[tuple, tuple[jax.Array, jax.Array]]:
-        params, opt_state, state = carry
+    def train_step(
+        carry: yoto_jax.TrainerState, step: jax.Array
+    ) -> tuple[yoto_jax.TrainerState, tuple[jax.Array, jax.Array]]:
         batch_key, loss_key, method_key = jax.random.split(jax.random.fold_in(loop_key, step), 3)
         index = batch_index(batch_key, step)
         batch = jax.tree.map(lambda x: x[index], data.train)
-        ctx = StepContext(
-            config=config,
-            model_params=params["model"],
-            params=params["weighting"],
-            state=state,
-            losses_fn=lambda model_params: task.losses(model_params, batch, loss_key),
-            shared_mask=task.shared_mask(params["model"]),
-            step=step,
-            key=method_key,
+        carry, log = train.step(
+            carry, lambda model_params: task.losses(model_params, batch, loss_key), method_key
         )
-        output = weighting.step(ctx)
-        grads = {"model": output.model_grads, "weighting": output.grads}
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        state = weighting.after_update(ctx, params["model"], output)
-        return (params, opt_state, state), (output.losses, output.weights)
+        return carry, (log.losses, log.weights)
 
-    def weights(carry: tuple) -> jax.Array:
-        params, _, state = carry
-        return weighting.weights(config, params["weighting"], state)
-
-    return Run(init, train_step, weights)
+    return Run(init, train_step, train.weights)
 
 
 def fit(
     task: Task,
-    weighting: Weighting,
+    weighting: MakeWeighting,
     config: Config,
     model_params: Params,
     key: jax.Array,
@@ -151,14 +142,14 @@ def fit(
 
     def interval(carry: tuple, start: jax.Array) -> tuple[tuple, Curves]:
         carry, (losses, weights) = jax.lax.scan(run.step, carry, start + jnp.arange(log_every))
-        val_losses = task.losses(carry[0]["model"], val_batch, val_key)
+        val_losses = task.losses(carry.params["model"], val_batch, val_key)
         return carry, Curves(weights[-1], jnp.mean(losses, axis=0), val_losses)
 
     carry, curves = jax.lax.scan(interval, run.init(model_params), jnp.arange(0, steps, log_every))
-    return carry[0]["model"], run.weights(carry), curves
+    return carry.params["model"], run.weights(carry), curves
 
 
-def train_fn(task: Task, weighting: Weighting) -> Callable[[dict, jax.Array, Splits], dict]:
+def train_fn(task: Task, weighting: MakeWeighting) -> Callable[[dict, jax.Array, Splits], dict]:
     """``train_one(run, key, data)`` for ``vmapped_training``: ``run`` is
     ``{"config": ..., "init": initial model params}``; returns the trained params, λ, curves."""
 
@@ -195,7 +186,7 @@ class Programs:
         self._init = jax.jit(task.init)
         self.evaluate = jax.jit(lambda params, split: evaluate(task, params, split))
 
-    def run(self, weighting: Weighting, configs: Sequence[Config], keys: jax.Array) -> Timed:
+    def run(self, weighting: MakeWeighting, configs: Sequence[Config], keys: jax.Array) -> Timed:
         """Trains every (configuration, key) pair as one vmapped program, then evaluates."""
         init = stack_trees([self._init(split_key(key)[0]) for key in keys])
         runs = {"config": stack_trees(list(configs)), "init": init}
@@ -220,7 +211,7 @@ class Programs:
         results = jax.tree.map(np.asarray, jax.block_until_ready(results))
         return Timed(results, compile_s, run_s, time.perf_counter() - start)
 
-    def run_sequentially(self, weighting: Weighting, configs: Sequence[Config], key: jax.Array):
+    def run_sequentially(self, weighting: MakeWeighting, configs: Sequence[Config], key: jax.Array):
         """Trains the configurations one after another (one-run program), for timing."""
         runs = [self.run(weighting, [config], key[None]) for config in configs]
         results = jax.tree.map(lambda *xs: np.concatenate(xs), *(run.results for run in runs))

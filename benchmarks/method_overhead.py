@@ -23,20 +23,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
-import jax.numpy as jnp
 
-from benchmarks import baseline_methods
 from benchmarks.harness import Programs, seed_key
-from benchmarks.methods import METHODS, Method, single_config
+from benchmarks.methods import GRADIENT_METHODS, METHODS, Method
 from benchmarks.tasks import build
 from benchmarks.tasks.base import Splits, Task
 
 BASELINES = ("equal", "yoto", "uncertainty", "dwa", "rlw", "gradnorm", "famo")
-MANIPULATION = {
-    "pcgrad": baseline_methods.PCGrad(),
-    "mgda": baseline_methods.MGDA(),
-    "cagrad": baseline_methods.CAGrad(),
-}
 
 
 def timing_task(task: Task, steps: int) -> Task:
@@ -50,11 +43,7 @@ def timing_task(task: Task, steps: int) -> Task:
 
 def methods_to_time() -> dict[str, Method]:
     """The registered baselines and YOTO, plus the gradient-manipulation methods."""
-    found = {name: METHODS[name] for name in BASELINES}
-    ones = single_config(lambda num_aux: {"weights": jnp.ones(num_aux + 1)})
-    for name, weighting in MANIPULATION.items():
-        found[name] = Method(name, weighting, ones, name)
-    return found
+    return {**{name: METHODS[name] for name in BASELINES}, **GRADIENT_METHODS}
 
 
 def measure(task: Task, methods: dict[str, Method], rounds: int) -> dict[str, list[float]]:

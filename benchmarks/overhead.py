@@ -39,11 +39,13 @@ import jax.numpy as jnp
 import optax
 
 import yoto_jax
+from yoto_jax.trainer import WEIGHTING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `python benchmarks/...`
 from benchmarks.models import ConvNet, depth_conv_net, depth_loss_vector
 
 LEARNING_RATE = 1e-3
+EPS = yoto_jax.DEFAULT_EPS
 BATCH_SIZE = 16  # the depth benchmark's training batch
 
 Params = Any
@@ -136,71 +138,74 @@ def map_losses(model: ConvNet, params: Params, batch: Batch) -> jax.Array:
     return jnp.mean((maps - batch["targets"]) ** 2, axis=(0, 1, 2))
 
 
-@dataclass
-class Trainer:
-    """A jitted train step, its state, and how many times it was traced."""
+VARIANTS = ("fixed", "yoto", "paper")
+"""The steps timed against each other: fixed weights, YOTO's default path (µ on its own
+Adam, the primary's weight floored at 1/(K+1)) and the paper's (µ on the model's Adam,
+no floor)."""
 
-    step: Callable[[Any, optax.OptState, Batch], tuple[Any, optax.OptState, jax.Array]]
-    params: Any
-    opt_state: optax.OptState
+WeightingOf = Callable[[jax.Array], yoto_jax.Weighting]
+
+
+def weightings(num_aux: int) -> dict[str, WeightingOf]:
+    """Each variant's weighting as a function of ρ (traced inside the jitted step).
+
+    The fixed weights are those the default YOTO step starts from (ε = 0.1, the
+    primary floored at 1/(K+1)); ``"control"`` is the fixed weighting again.
+    """
+    start = yoto_jax.yoto(EPS)
+    fixed = start.weights(*start.init(num_aux + 1))
+    return {
+        "fixed": lambda rho: yoto_jax.fixed_weights(fixed),
+        "yoto": lambda rho: yoto_jax.yoto(EPS, rho),
+        "paper": lambda rho: yoto_jax.yoto(EPS, rho, mu_learning_rate=None, primary_floor=0.0),
+        "control": lambda rho: yoto_jax.fixed_weights(fixed),
+    }
+
+
+@dataclass
+class Run:
+    """A jitted train step (:func:`yoto_jax.trainer`'s), its state, its ρ, and how many
+    times it was traced."""
+
+    step: Callable[..., tuple[yoto_jax.TrainerState, yoto_jax.StepLog]]
+    state: yoto_jax.TrainerState
+    rho: jax.Array
     traces: list[None]
 
     def run(self, batch: Batch, steps: int) -> float:
         """Runs ``steps`` steps; returns the mean seconds per step."""
         start = time.perf_counter()
         for _ in range(steps):
-            self.params, self.opt_state, loss = self.step(self.params, self.opt_state, batch)
-        loss.block_until_ready()
+            self.state, log = self.step(self.state, batch, self.rho)
+        log.losses.block_until_ready()
         return (time.perf_counter() - start) / steps
 
 
-def trainer(
-    loss_fn: Callable[[Any, Batch], jax.Array], tx: optax.GradientTransformation, params: Any
-) -> Trainer:
-    """A :class:`Trainer` of ``loss_fn`` under ``tx``, counting its traces."""
+def train_run(work: Workload, weighting_of: WeightingOf) -> Run:
+    """A :class:`Run` of ``yoto_jax.trainer(weighting_of(rho), optax.adam(lr))`` on the
+    workload, counting its traces. ρ is an argument of the jitted step, so changing it
+    does not recompile (the fixed step ignores it)."""
     traces: list[None] = []
+    tx = optax.adam(LEARNING_RATE)
 
     @jax.jit
-    def step(params: Any, opt_state: optax.OptState, batch: Batch):
+    def step(state: yoto_jax.TrainerState, batch: Batch, rho: jax.Array):
         traces.append(None)  # runs only when JAX traces, i.e. compiles, the step
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        train = yoto_jax.trainer(weighting_of(rho), tx)
+        return train.step(state, lambda params: work.losses(params, batch))
 
-    return Trainer(step, params, tx.init(params), traces)
-
-
-def trainers(work: Workload, rho: float, control: bool = False) -> dict[str, Trainer]:
-    """The fixed-weights and the YOTO trainer of a workload, from the same weights.
-
-    The fixed weights are those YOTO starts from, λ = softmax([0, log ε]). With
-    ``control``, also a second, separately compiled copy of the fixed-weights trainer:
-    its ratio to the first is the noise floor of the measurement (an A/A test).
-    """
-    mu = yoto_jax.init_mu(work.num_aux)
-    fixed_weights = yoto_jax.loss_weights(mu)
-
-    def fixed_loss(params: Params, batch: Batch) -> jax.Array:
-        return jnp.dot(fixed_weights, work.losses(params, batch))
-
-    def yoto_loss(params: Params, batch: Batch) -> jax.Array:
-        losses = work.losses(params["model"], batch)
-        return yoto_jax.yoto_composite(params[yoto_jax.MU_KEY], losses)
-
-    yoto_params = {"model": work.params, yoto_jax.MU_KEY: mu}
-    found = {
-        "fixed": trainer(fixed_loss, optax.adam(LEARNING_RATE), work.params),
-        "yoto": trainer(yoto_loss, yoto_optimizer(rho), yoto_params),
-    }
-    if control:
-        found["control"] = trainer(fixed_loss, optax.adam(LEARNING_RATE), work.params)
-    return found
+    rho = jnp.asarray(yoto_jax.DEFAULT_RHO, jnp.float32)
+    state = yoto_jax.trainer(weighting_of(rho), tx).init(work.params, work.num_aux + 1)
+    return Run(step, state, rho, traces)
 
 
-def yoto_optimizer(rho: float) -> optax.GradientTransformation:
-    """Hyperparameter decay with an injectable ρ, then Adam, over the whole tree."""
-    decay = optax.inject_hyperparams(yoto_jax.hyperparameter_decay, static_args=("mask",))
-    return optax.chain(decay(rho=rho, mask=yoto_jax.mu_mask), optax.adam(LEARNING_RATE))
+def runs(work: Workload, control: bool = False) -> dict[str, Run]:
+    """The fixed-weights and the two YOTO runs of a workload (:data:`VARIANTS`). With
+    ``control``, also a second, separately compiled copy of the fixed-weights step: its
+    ratio to the first is the noise floor of the measurement (an A/A test)."""
+    weighting_of = weightings(work.num_aux)
+    names = (*VARIANTS, "control") if control else VARIANTS
+    return {name: train_run(work, weighting_of[name]) for name in names}
 
 
 BOOKKEEPING = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast"})
@@ -238,7 +243,7 @@ def entry_opcodes(hlo: str) -> list[str]:
     return [opcode(line) for line in entry.splitlines()[1:] if " = " in line]
 
 
-def program_cost(trainer: Trainer, batch: Batch) -> dict[str, float]:
+def program_cost(run: Run, batch: Batch) -> dict[str, float]:
     """XLA's count of the compiled step's flops, transcendentals and bytes accessed, and
     the size of its top-level program (deterministic, unlike timings):
     ``entry_instructions``, every instruction of the ENTRY computation; ``fusions``, its
@@ -246,7 +251,7 @@ def program_cost(trainer: Trainer, batch: Batch) -> dict[str, float]:
     instruction that computes (those and the unfused ops: dots, convolutions, copies,
     concatenations…; on a GPU, one launch each), i.e. all but parameters, constants,
     tuples, get-tuple-elements and bitcasts."""
-    compiled = trainer.step.lower(trainer.params, trainer.opt_state, batch).compile()
+    compiled = run.step.lower(run.state, batch, run.rho).compile()
     cost = compiled.cost_analysis()
     opcodes = entry_opcodes(compiled.as_text())
     keys = ("flops", "transcendentals", "bytes accessed")
@@ -257,39 +262,43 @@ def program_cost(trainer: Trainer, batch: Batch) -> dict[str, float]:
     }
 
 
-def perturb(yoto: Trainer, round_index: int) -> None:
-    """Sets a new ρ (through ``inject_hyperparams``) and a new µ: neither may retrace."""
-    hyperparams = yoto.opt_state[0].hyperparams
-    hyperparams["rho"] = jnp.asarray(0.05 * (1 + round_index % 3), jnp.float32)
-    mu = yoto.params[yoto_jax.MU_KEY]
-    yoto.params[yoto_jax.MU_KEY] = yoto_jax.init_mu(mu.shape[0], eps=0.1 + 0.1 * (round_index % 2))
+def perturb(run: Run, round_index: int) -> None:
+    """Sets a new ρ and a new µ in a YOTO run: neither may retrace."""
+    run.rho = jnp.asarray(0.05 * (1 + round_index % 3), jnp.float32)
+    params = run.state.params
+    mu = params[WEIGHTING][yoto_jax.MU_KEY]
+    new_mu = yoto_jax.init_mu(mu.shape[0], eps=0.1 + 0.1 * (round_index % 2))
+    weighting = params[WEIGHTING] | {yoto_jax.MU_KEY: new_mu}
+    run.state = run.state._replace(params=params | {WEIGHTING: weighting})
 
 
 def measure(
-    works: list[Workload], rounds: int, seconds: float, rho: float, control: bool
+    works: list[Workload], rounds: int, seconds: float, control: bool
 ) -> dict[str, dict[str, Any]]:
     """Interleaved timings: per workload and variant, the seconds per step of each round."""
-    runs = {work.name: trainers(work, rho, control) for work in works}
+    found = {work.name: runs(work, control) for work in works}
     samples: dict[str, dict[str, list[float]]] = {}
     steps: dict[str, int] = {}
     for work in works:  # compile, warm up, and size each sample to about `seconds`
-        for variant in runs[work.name].values():
+        for variant in found[work.name].values():
             variant.run(work.batch, 2)
-        steps[work.name] = max(1, round(seconds / runs[work.name]["fixed"].run(work.batch, 2)))
-        samples[work.name] = {variant: [] for variant in runs[work.name]}
+        steps[work.name] = max(1, round(seconds / found[work.name]["fixed"].run(work.batch, 2)))
+        samples[work.name] = {variant: [] for variant in found[work.name]}
     for r in range(rounds):
         for work in works:
-            order = list(runs[work.name]) if r % 2 == 0 else list(reversed(runs[work.name]))
-            perturb(runs[work.name]["yoto"], r)
+            order = list(found[work.name]) if r % 2 == 0 else list(reversed(found[work.name]))
+            for variant in VARIANTS[1:]:
+                perturb(found[work.name][variant], r)
             for variant in order:
                 samples[work.name][variant].append(
-                    runs[work.name][variant].run(work.batch, steps[work.name])
+                    found[work.name][variant].run(work.batch, steps[work.name])
                 )
     compiles = {
-        name: {variant: len(t.traces) for variant, t in pair.items()} for name, pair in runs.items()
+        name: {variant: len(run.traces) for variant, run in variants.items()}
+        for name, variants in found.items()
     }
     costs = {
-        work.name: {v: program_cost(runs[work.name][v], work.batch) for v in ("fixed", "yoto")}
+        work.name: {v: program_cost(found[work.name][v], work.batch) for v in VARIANTS}
         for work in works
     }
     return {"samples": samples, "compiles": compiles, "steps_per_sample": steps, "cost": costs}
@@ -301,25 +310,27 @@ def paired_ratio(times: list[float], reference: list[float]) -> float:
 
 
 def summarise(measured: dict[str, Any]) -> dict[str, Any]:
-    """The JSON report: median step times; the ratio yoto/fixed, as the median of the
-    rounds' paired ratios (each round times both steps back to back, so load that drifts
-    between rounds cancels) and as the ratio of the medians; compile counts; XLA's cost
-    of both programs and what YOTO adds to it."""
-    step_s, ratio, control, of_medians, extra = {}, {}, {}, {}, {}
+    """The JSON report, per configuration and variant: median step times; the ratio to
+    the fixed step, as the median of the rounds' paired ratios (each round times all
+    steps back to back, so load that drifts between rounds cancels) and as the ratio of
+    the medians; compile counts; XLA's cost of each program and what each YOTO variant
+    adds to the fixed step's."""
+    step_s, ratio, of_medians, extra = {}, {}, {}, {}
     for name, variants in measured["samples"].items():
         step_s[name] = {variant: statistics.median(times) for variant, times in variants.items()}
-        ratio[name] = paired_ratio(variants["yoto"], variants["fixed"])
-        if "control" in variants:
-            control[name] = paired_ratio(variants["control"], variants["fixed"])
-        of_medians[name] = step_s[name]["yoto"] / step_s[name]["fixed"]
+        others = [variant for variant in variants if variant != "fixed"]
+        ratio[name] = {v: paired_ratio(variants[v], variants["fixed"]) for v in others}
+        of_medians[name] = {v: step_s[name][v] / step_s[name]["fixed"] for v in others}
         cost = measured["cost"][name]
-        extra[name] = {key: cost["yoto"][key] - cost["fixed"][key] for key in cost["fixed"]}
+        extra[name] = {
+            v: {key: cost[v][key] - cost["fixed"][key] for key in cost["fixed"]}
+            for v in VARIANTS[1:]
+        }
     return {
         "ratio": ratio,
         "compiles": measured["compiles"],
         "step_s": step_s,
         "ratio_of_medians": of_medians,
-        "control_ratio": control,
         "cost": measured["cost"],
         "yoto_extra_cost": extra,
         "steps_per_sample": measured["steps_per_sample"],
@@ -334,40 +345,43 @@ def run(
     batch_size: int = BATCH_SIZE,
     rounds: int = 31,
     sample_s: float = 0.1,
-    rho: float = yoto_jax.DEFAULT_RHO,
     control: bool = False,
 ) -> dict[str, Any]:
     """Builds, compiles and times the configurations ``names``; returns the report."""
     works = [workload(name, batch_size) for name in names]
-    return summarise(measure(works, rounds, sample_s, rho, control))
+    return summarise(measure(works, rounds, sample_s, control))
 
 
 def table(report: dict[str, Any]) -> str:
-    """The report as a text table, one configuration a row."""
-    header = f"{'config':8} {'fixed ms':>9} {'yoto ms':>9} {'ratio':>7} {'of med.':>7} "
-    rows = [header + f"{'A/A':>7} {'MFLOP':>9} {'+flop':>6} {'+kernels':>8} compiles"]
+    """The report as a text table, one configuration and YOTO variant a row; A/A is the
+    control's ratio (with ``--control``)."""
+    header = f"{'config':8} {'variant':7} {'fixed ms':>9} {'step ms':>9} {'ratio':>7} "
+    rows = [header + f"{'of med.':>7} {'A/A':>7} {'MFLOP':>9} {'+flop':>6} {'+kernels':>8}"]
     for name, times in report["step_s"].items():
-        extra = report["yoto_extra_cost"][name]
-        rows.append(
-            f"{name:8} {1e3 * times['fixed']:9.3f} {1e3 * times['yoto']:9.3f} "
-            f"{report['ratio'][name]:7.4f} {report['ratio_of_medians'][name]:7.4f} "
-            f"{report['control_ratio'].get(name, float('nan')):7.4f} "
-            f"{report['cost'][name]['fixed']['flops'] / 1e6:9.1f} {extra['flops']:6.0f} "
-            f"{extra['kernels']:8d} {report['compiles'][name]}"
-        )
+        for variant in VARIANTS[1:]:
+            extra = report["yoto_extra_cost"][name][variant]
+            rows.append(
+                f"{name:8} {variant:7} {1e3 * times['fixed']:9.3f} {1e3 * times[variant]:9.3f} "
+                f"{report['ratio'][name][variant]:7.4f} "
+                f"{report['ratio_of_medians'][name][variant]:7.4f} "
+                f"{report['ratio'][name].get('control', float('nan')):7.4f} "
+                f"{report['cost'][name]['fixed']['flops'] / 1e6:9.1f} {extra['flops']:6.0f} "
+                f"{extra['kernels']:8d}"
+            )
+    rows.append(f"compiles: {report['compiles']}")
     return "\n".join(rows)
 
 
 def program_table(report: dict[str, Any]) -> str:
-    """The size of each compiled step's top-level program, fixed → YOTO (YOTO's extra)."""
+    """The size of each compiled step's top-level program, fixed → YOTO variant (its
+    extra)."""
     counts = ("entry_instructions", "fusions", "kernels")
-    rows = [f"{'config':8} " + " ".join(f"{count:>20}" for count in counts)]
+    rows = [f"{'config':8} {'variant':7} " + " ".join(f"{count:>20}" for count in counts)]
     for name, cost in report["cost"].items():
-        cells = (
-            f"{cost['fixed'][c]} → {cost['yoto'][c]} ({report['yoto_extra_cost'][name][c]:+d})"
-            for c in counts
-        )
-        rows.append(f"{name:8} " + " ".join(f"{cell:>20}" for cell in cells))
+        for variant in VARIANTS[1:]:
+            extra = report["yoto_extra_cost"][name][variant]
+            cells = (f"{cost['fixed'][c]} → {cost[variant][c]} ({extra[c]:+d})" for c in counts)
+            rows.append(f"{name:8} {variant:7} " + " ".join(f"{cell:>20}" for cell in cells))
     return "\n".join(rows)
 
 
@@ -377,14 +391,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=31, help="interleaved rounds")
     parser.add_argument("--sample-s", type=float, default=0.1, help="seconds per timed sample")
     parser.add_argument("--batch", type=int, default=BATCH_SIZE)
-    parser.add_argument("--rho", type=float, default=yoto_jax.DEFAULT_RHO)
     parser.add_argument("--only", default=",".join(CONFIGS), help="e.g. convnet,k64")
     parser.add_argument(
         "--control", action="store_true", help="also time a copy of the fixed step (A/A)"
     )
     args = parser.parse_args()
     names = tuple(args.only.split(","))
-    report = run(names, args.batch, args.rounds, args.sample_s, args.rho, args.control)
+    report = run(names, args.batch, args.rounds, args.sample_s, args.control)
     print(table(report))
     print("\nTop-level HLO of the compiled steps, fixed → YOTO (YOTO's extra):")
     print(program_table(report))

@@ -28,7 +28,6 @@ weighting of that level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -38,7 +37,8 @@ import optax
 
 import yoto_jax
 from benchmarks import harness, tasks
-from benchmarks.methods import GRID_VALUES, Config, Method, Params, Weighting, _grid_configs
+from benchmarks.methods import GRID_VALUES, Config, Method, Setting, grid_configs
+from benchmarks.methods import fixed as fixed_weighting
 
 REFERENCE_MU_LEARNING_RATE = 0.05
 """The reference YOTO's constant µ learning rate (20 nats over 400 steps). The map was
@@ -51,32 +51,38 @@ UNIT_SCALES = (0.01, 100.0)  # besides c = 1
 DATA_LEVELS = (("x1", None), ("x8", 8), ("x64", 64), ("fresh", tasks.FRESH))
 
 
-@dataclass(frozen=True)
-class RegimeYoto(Weighting):
+def regime_yoto(config: Config, setting: Setting) -> yoto_jax.Weighting:
     """YOTO with every knob of the map as an array of its configuration.
 
-    ``config``: ``mu`` (K,) initial logits, ``rho``, ``mu_lr`` (µ's constant Adam
-    learning rate) and ``mu_lr_factor`` (plus this factor times the model's schedule;
-    ``mu_lr = 0, mu_lr_factor = 1`` is µ on the model's Adam, the paper's setting),
-    ``loss_scale`` (K+1,) multiplying the losses YOTO sees, and ``floor`` m.
+    ``config``: ``eps``, ``rho``, ``mu_lr`` (µ's constant Adam learning rate) and
+    ``mu_lr_factor`` (plus this factor times the model's schedule; ``mu_lr = 0,
+    mu_lr_factor = 1`` is µ on the model's Adam, the paper's setting), ``loss_scale``
+    (K+1,) multiplying the losses YOTO sees, and ``floor`` m.
     """
 
-    def init(self, config: Config, num_losses: int) -> tuple[Params, Any]:
-        return {yoto_jax.MU_KEY: config["mu"]}, ()
+    def mu_learning_rate(count: jax.Array) -> jax.Array:
+        return config["mu_lr"] + config["mu_lr_factor"] * setting.learning_rate(count)
 
-    def optimizer(
-        self, config: Config, tx: optax.GradientTransformation, learning_rate: optax.Schedule
-    ) -> optax.GradientTransformation:
-        def mu_learning_rate(count: jax.Array) -> jax.Array:
-            return config["mu_lr"] + config["mu_lr_factor"] * learning_rate(count)
+    weighting = yoto_jax.yoto(
+        config["eps"],
+        config["rho"],
+        mu_tx=optax.adam(mu_learning_rate),
+        primary_floor=config["floor"],
+    )
+    return scaled_losses(weighting, config["loss_scale"])
 
-        return yoto_jax.yoto_optimizer(tx, config["rho"], mu_tx=optax.adam(mu_learning_rate))
 
-    def objective(self, config: Config, params: Params, state: Any, losses: jax.Array):
-        return jnp.dot(self.weights(config, params, state), config["loss_scale"] * losses)
+def scaled_losses(weighting: yoto_jax.Weighting, scale: jax.Array) -> yoto_jax.Weighting:
+    """``weighting`` seeing the losses multiplied by ``scale`` (K+1,); the losses it
+    reports stay the task's."""
 
-    def weights(self, config: Config, params: Params, state: Any) -> jax.Array:
-        return yoto_jax.loss_weights(params[yoto_jax.MU_KEY], primary_floor=config["floor"])
+    def step(losses_fn, model_params, params, state, *, key=None) -> yoto_jax.WeightingStep:
+        result = weighting.step(
+            lambda p: scale * losses_fn(p), model_params, params, state, key=key
+        )
+        return result._replace(losses=result.losses / scale)
+
+    return weighting._replace(step=step)
 
 
 class Variant(NamedTuple):
@@ -95,7 +101,7 @@ class Variant(NamedTuple):
         loss_scale = np.ones(num_aux + 1, np.float32)
         loss_scale[-1] = self.scale
         return {
-            "mu": yoto_jax.init_mu(num_aux, self.eps),
+            "eps": jnp.float32(self.eps),
             "rho": jnp.float32(self.rho),
             "mu_lr": jnp.float32(0.0 if self.paper else self.mu_lr),
             "mu_lr_factor": jnp.float32(1.0 if self.paper else 0.0),
@@ -131,7 +137,7 @@ def variants(data_level: str) -> list[Variant]:
 def fixed_weightings(data_level: str, num_aux: int) -> list[tuple[str, Config]]:
     """The grid's cells, equal weights and the primary alone (and, at x1, equal weights
     on the rescaled losses: weights (1, ..., 1, c) on the original ones)."""
-    grid = [(f"grid {_label(c['weights'])}", c) for c in _grid_configs(num_aux, 0)]
+    grid = [(f"grid {_label(c['weights'])}", c) for c in grid_configs(num_aux, 0)]
     ones = np.ones(num_aux + 1, np.float32)
     primary = np.zeros(num_aux + 1, np.float32)
     primary[0] = 1.0
@@ -170,12 +176,12 @@ def run_level(
     yoto_variants = variants(level)
     fixed_run = harness.run_method(
         programs,
-        Method("regime_fixed", Weighting(), lambda k, seed: [c for _, c in fixed], ""),
+        Method("regime_fixed", fixed_weighting, lambda k, seed: [c for _, c in fixed], ""),
         seeds,
     )
     yoto_run = harness.run_method(
         programs,
-        Method("regime_yoto", RegimeYoto(), lambda k, s: [v.config(k) for v in yoto_variants], ""),
+        Method("regime_yoto", regime_yoto, lambda k, s: [v.config(k) for v in yoto_variants], ""),
         seeds,
     )
     metric = task.metric

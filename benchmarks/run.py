@@ -27,16 +27,8 @@ import numpy as np
 from tqdm import tqdm
 
 import yoto_jax
-from benchmarks import (
-    baseline_methods,  # noqa: F401  (importing it registers the baselines)
-    harness,
-    regimes,
-    report,
-    search_methods,
-    studies,
-    tasks,
-)
-from benchmarks.methods import GRID_VALUES, METHODS, relative_weights
+from benchmarks import harness, regimes, report, search_methods, studies, tasks
+from benchmarks.methods import GRID_VALUES, METHODS
 
 ALL_METHODS = (*METHODS, *search_methods.SEARCHES)
 
@@ -90,7 +82,7 @@ def _method_entry(task: tasks.Task, run: harness.MethodRun, with_curves: bool) -
         "compile_s": run.timed.compile_s,
         "eval_s": run.timed.eval_s,
         "weights": weights.tolist(),
-        "relative_weights": relative_weights(weights).tolist(),
+        "relative_weights": np.asarray(yoto_jax.relative_weights(weights)).tolist(),
         "test_metrics": {k: harness.pick(v, selected).tolist() for k, v in results["test"].items()},
         "selected": selected.tolist(),
         "summary": run.method.summary,

@@ -29,7 +29,7 @@ import numpy as np
 
 import yoto_jax
 from benchmarks.harness import Programs, evaluate, split_key, training
-from benchmarks.methods import GRID_VALUES, Weighting, relative_weights
+from benchmarks.methods import GRID_VALUES, fixed
 from benchmarks.tasks.base import Task
 from yoto_jax.grid import loss_weight_grid
 
@@ -47,11 +47,10 @@ SUMMARIES = {
 def _functions(task: Task) -> tuple[Callable, Callable, Callable]:
     """``init_fn``, ``train_fn`` and ``eval_fn`` of one member; ``config = {"weights":
     (K+1,), "seed": ()}``; the state is the harness's training carry and the step."""
-    weighting = Weighting()
 
     def run_of(config: dict[str, jax.Array]) -> tuple[Any, jax.Array]:
         key = jax.random.key(config["seed"].astype(jnp.uint32))
-        return training(task, weighting, {"weights": config["weights"]}, key, task.data), key
+        return training(task, fixed, {"weights": config["weights"]}, key, task.data), key
 
     def init_fn(config: dict[str, jax.Array], _: jax.Array) -> dict[str, Any]:
         run, key = run_of(config)
@@ -64,7 +63,7 @@ def _functions(task: Task) -> tuple[Callable, Callable, Callable]:
         return {"carry": carry, "step": state["step"] + num_steps}
 
     def eval_fn(state: dict[str, Any], config: dict[str, jax.Array]) -> jax.Array:
-        return evaluate(task, state["carry"][0]["model"], task.data.val)[task.metric]
+        return evaluate(task, state["carry"].params["model"], task.data.val)[task.metric]
 
     return init_fn, train_fn, eval_fn
 
@@ -133,7 +132,7 @@ def run(name: str, programs: Programs, seeds: list[int]) -> dict[str, Any]:
         "wall_s": float(np.median(results["seconds"]) * len(seeds)),
         "seconds_per_seed": results["seconds"],
         "weights": results["weights"],
-        "relative_weights": relative_weights(np.asarray(results["weights"])).tolist(),
+        "relative_weights": np.asarray(yoto_jax.relative_weights(results["weights"])).tolist(),
         "test_metrics": {k: [m[k] for m in test_metrics] for k in test_metrics[0]},
         "selected": results["selected"],
         "history": histories,

@@ -15,10 +15,19 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import yoto_jax
-from benchmarks.methods import Config, Method, Yoto, yoto_config
+import jax.numpy as jnp
+import optax
 
-WEIGHTING = Yoto(mu_learning_rate=True, primary_floor=0.0)  # the paper's weights
+import yoto_jax
+from benchmarks.methods import Config, Method, Setting
+
+
+def weighting(config: Config, setting: Setting) -> yoto_jax.Weighting:
+    """YOTO with the paper's weights (no floor) and µ on its own Adam at
+    ``config["mu_lr_factor"]`` times the model's schedule."""
+    mu_tx = optax.adam(lambda count: config["mu_lr_factor"] * setting.learning_rate(count))
+    return yoto_jax.yoto(config["eps"], config["rho"], mu_tx=mu_tx, primary_floor=0.0)
+
 
 EPS_VALUES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 RHO_VALUES = (0.0, 0.01, 0.1, 1.0, 10.0)
@@ -65,7 +74,8 @@ def points(study: Grid) -> list[Point]:
 
 def config(point: Point, num_aux: int) -> Config:
     """The YOTO configuration of a study point."""
-    return yoto_config(num_aux, point.eps, point.rho, point.mu_lr_factor)
+    del num_aux
+    return {name: jnp.float32(value) for name, value in point._asdict().items()}
 
 
 def method(study: Grid) -> Method:
@@ -74,4 +84,4 @@ def method(study: Grid) -> Method:
     def configs(num_aux: int, seed: int) -> list[Config]:
         return [config(point, num_aux) for point in points(study)]
 
-    return Method("yoto_studies", WEIGHTING, configs, "YOTO's ε, ρ and µ-lr studies")
+    return Method("yoto_studies", weighting, configs, "YOTO's ε, ρ and µ-lr studies")

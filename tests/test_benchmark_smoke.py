@@ -17,8 +17,8 @@ import yoto_jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside yoto_jax, uninstalled
 
-from benchmarks import harness, regimes, studies, tasks
-from benchmarks.methods import METHODS, yoto_config
+from benchmarks import harness, methods, regimes, studies, tasks
+from benchmarks.methods import yoto_config
 
 METHOD_KEYS = {"test", "val", "runs_per_seed", "wall_s", "weights"}
 CORE_METHODS = ("yoto", "grid_best", "random_best", "equal")
@@ -110,42 +110,48 @@ def _assert_same(a: dict, b: dict, mu: jax.Array) -> None:
     assert not np.allclose(a["weighting"][yoto_jax.MU_KEY], mu)  # µ moved
 
 
+def _setting(schedule: optax.Schedule) -> methods.Setting:
+    return methods.Setting(lambda params: True, schedule)
+
+
 def test_yoto_paper_equals_the_study_path_with_mu_lr_factor_one():
     """µ on the model's Adam (mu_learning_rate=None) and µ with its own Adam at factor 1 of
     the model's schedule are the same optimizer: the factor-1 row of the studies is the
     paper's setting."""
     schedule = optax.cosine_decay_schedule(3e-3, 20)
-    paper_tx = METHODS["yoto_paper"].weighting.optimizer(
-        yoto_config(2), optax.adam(schedule), schedule
-    )
+    setting = _setting(schedule)
+    paper_tx = methods.yoto_paper(yoto_config(2), setting).optimizer(optax.adam(schedule))
     config = studies.config(studies.Point(0.1, 0.1, mu_lr_factor=1.0), 2)
-    study_tx = studies.WEIGHTING.optimizer(config, optax.adam(schedule), schedule)
-    _assert_same(_trained(paper_tx, config["mu"]), _trained(study_tx, config["mu"]), config["mu"])
+    study_tx = studies.weighting(config, setting).optimizer(optax.adam(schedule))
+    mu = yoto_jax.init_mu(2, 0.1)
+    _assert_same(_trained(paper_tx, mu), _trained(study_tx, mu), mu)
 
 
 def test_yoto_default_is_the_regime_maps_primary_floor_variant():
     """The library's default path (µ on its own Adam, the weights floored at 1/(K+1) as
     LossWeights does) is the regime map's "primary floor" point: same optimizer, same
-    objective and weights."""
+    gradients and weights."""
     schedule = optax.cosine_decay_schedule(3e-3, 20)
-    default, regime = METHODS["yoto"].weighting, regimes.RegimeYoto()
-    config = regimes.FLOOR.config(2)
-    default_tx = default.optimizer(yoto_config(2), optax.adam(schedule), schedule)
-    reference_tx = regime.optimizer(config, optax.adam(schedule), schedule)
-    mu = config["mu"]
-    _assert_same(_trained(default_tx, mu), _trained(reference_tx, mu), mu)
+    setting = _setting(schedule)
+    default = methods.yoto(yoto_config(2), setting)
+    regime = regimes.regime_yoto(regimes.FLOOR.config(2), setting)
+    mu = yoto_jax.init_mu(2, 0.1)
+    _assert_same(
+        _trained(default.optimizer(optax.adam(schedule)), mu),
+        _trained(regime.optimizer(optax.adam(schedule)), mu),
+        mu,
+    )
     assert regimes.REFERENCE_MU_LEARNING_RATE == yoto_jax.DEFAULT_MU_LEARNING_RATE
     params = {yoto_jax.MU_KEY: jnp.array([0.3, -2.0])}
-    losses = jnp.array([0.5, 0.2, 0.9])
-    np.testing.assert_allclose(
-        default.weights(yoto_config(2), params, ()), regime.weights(config, params, ()), rtol=1e-6
-    )
-    np.testing.assert_allclose(
-        default.objective(yoto_config(2), params, (), losses),
-        regime.objective(config, params, (), losses),
-        rtol=1e-6,
-    )
-    assert float(default.weights(yoto_config(2), params, ())[0]) >= 1 / 3
+    np.testing.assert_allclose(default.weights(params, ()), regime.weights(params, ()), rtol=1e-6)
+
+    def losses_fn(theta: jax.Array) -> jax.Array:
+        return jnp.array([0.5, 0.2, 0.9]) * jnp.array([theta**2, theta, 1.0 + theta])
+
+    got, expected = (w.step(losses_fn, jnp.float32(1.5), params, ()) for w in (regime, default))
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+    assert float(default.weights(params, ())[0]) >= 1 / 3
 
 
 @pytest.mark.parametrize("name", ["depth", "segmentation"])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import yoto_jax
+from yoto_jax.composite import named_composite, named_loss_weights
 
 MU = np.array([0.3, -1.2, 2.0])
 LOSSES = np.array([1.5, 0.4, 2.2, 0.9])
@@ -112,10 +113,10 @@ def test_named_and_array_forms_agree():
         [weights[n] for n in ["depth", *names]], reference_weights(MU), rtol=1e-6
     )
     np.testing.assert_allclose(yoto_jax.regularizer(mu), reference_regularizer(MU), rtol=1e-6)
-    by_name = yoto_jax.named_loss_weights(MU, "depth", names)
+    by_name = named_loss_weights(MU, "depth", names)
     assert by_name.keys() == weights.keys()
     np.testing.assert_allclose(
-        yoto_jax.named_composite(MU, losses, "depth", names),
+        named_composite(MU, losses, "depth", names),
         yoto_jax.yoto_composite(MU, LOSSES),
         rtol=1e-6,
     )

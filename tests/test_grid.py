@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from yoto_jax.grid import grid_search, loss_weight_grid, random_loss_weights, vmapped_training
+from yoto_jax.grid import loss_weight_grid, random_loss_weights, vmapped_training
 
 RNG = np.random.default_rng(0)
 # Two least-squares losses on one parameter vector θ ∈ R^3: l_i(θ) = mean((X_i θ − y_i)²).
@@ -49,7 +49,7 @@ def test_vmapped_runs_equal_sequential_runs_and_the_closed_form():
     # float32 matmuls in TF32, differently for the batched and the unbatched program,
     # and after 400 steps θ differed by 1.5e-4. XLA:CPU is full float32 either way.
     with jax.default_matmul_precision("highest"):
-        batched = grid_search(train_one, WEIGHTS, KEYS, XS, YS)
+        batched = vmapped_training(train_one)(WEIGHTS, KEYS, XS, YS)
         single = jax.jit(train_one)
         for lowered in (
             vmapped_training(train_one).lower(WEIGHTS, KEYS, XS, YS).as_text(),
@@ -83,7 +83,7 @@ def test_pytree_hparams_and_raw_keys():
 
     hparams = {"weights": WEIGHTS, "scale": jnp.array([1.0, 2.0, 3.0])}
     raw_keys = jax.random.split(jax.random.PRNGKey(0), 3)  # uint32 (3, 2)
-    out = grid_search(scaled_sum, hparams, raw_keys)
+    out = vmapped_training(scaled_sum)(hparams, raw_keys)
     np.testing.assert_allclose(out, np.asarray(WEIGHTS).sum(1) * [1.0, 2.0, 3.0], rtol=1e-6)
 
 
@@ -113,7 +113,7 @@ def test_the_compiled_program_is_reused():
 )
 def test_bad_inputs_raise_clear_errors(hparams, keys, error, match):
     with pytest.raises(error, match=match):
-        grid_search(lambda h, key: jnp.zeros(()), hparams, keys)
+        vmapped_training(lambda h, key: jnp.zeros(()))(hparams, keys)
 
 
 def test_train_one_must_be_callable():

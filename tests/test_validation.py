@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import yoto_jax
+from yoto_jax.composite import named_loss_weights
 
 MU = jnp.zeros(2)
 LOSSES = jnp.ones(3)
@@ -72,7 +73,7 @@ def test_loss_weights_rejects_primary_name_clash():
 
 def test_named_helpers_check_the_number_of_names():
     with pytest.raises(ValueError, match="mu has 2 logits but 1 auxiliary names"):
-        yoto_jax.named_loss_weights(MU, "p", ["a"])
+        named_loss_weights(MU, "p", ["a"])
 
 
 def test_traced_hyperparameters_are_not_validated():

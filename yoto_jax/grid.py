@@ -90,22 +90,29 @@ def vmapped_training(
     return jax.jit(run)
 
 
-def grid_search(
-    train_one: Callable[..., Metrics], hparams: Any, keys: ArrayLike, *args: Any
-) -> Metrics:
-    """Runs ``train_one`` for every configuration in ``hparams`` as one jitted, vmapped program.
+def stack_trees(trees: Sequence[Any]) -> Any:
+    """Pytrees of one structure stacked along a new leading axis: configurations into the
+    ``hparams`` of :func:`vmapped_training`, or one model per configuration.
 
-    A one-shot ``vmapped_training(train_one)(hparams, keys, *args)``; see
-    :func:`vmapped_training` for the arguments. Each call compiles anew: to train
-    several grids of the same size, keep ``vmapped_training(train_one)`` instead.
+    Args:
+      trees: a non-empty sequence of pytrees with the same structure (arrays or numbers
+        as leaves, of the same shape leaf by leaf).
+
+    Returns:
+      One pytree of that structure whose leaves have a new leading axis of size
+      ``len(trees)``.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> weights = loss_weight_grid([0.1, 1.0], num_aux=1)  # [[1, 0.1], [1, 1]]
-      >>> grid_search(lambda w, key: w.sum(), weights, jax.random.key(0))
-      Array([1.1, 2. ], dtype=float32)
+      >>> import jax.numpy as jnp
+      >>> configs = [{"rho": 0.1, "weights": jnp.ones(2)}, {"rho": 1.0, "weights": jnp.zeros(2)}]
+      >>> stacked = stack_trees(configs)
+      >>> stacked["rho"], stacked["weights"].shape
+      (Array([0.1, 1. ], dtype=float32, weak_type=True), (2, 2))
     """
-    return vmapped_training(train_one)(hparams, keys, *args)
+    trees = list(trees)
+    if not trees:
+        raise ValueError("stack_trees needs at least one pytree.")
+    return jax.tree.map(lambda *leaves: jnp.stack([jnp.asarray(x) for x in leaves]), *trees)
 
 
 def loss_weight_grid(values: Sequence[float], num_aux: int) -> jax.Array:

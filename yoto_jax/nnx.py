@@ -1,35 +1,50 @@
-"""Flax NNX integration: µ as a parameter of the model, trained by the model's optimizer."""
+"""Flax NNX integration: any weighting's learnable params inside the model, one optimizer.
+
+:class:`LossWeights` holds a :class:`~yoto_jax.Weighting`'s params (YOTO's µ,
+uncertainty weighting's log-variances, GradNorm's logits) as ``nnx.Param`` variables
+of the model, and its state as a variable; :func:`train_step` is
+:func:`yoto_jax.trainer`'s step for an NNX model and ``nnx.Optimizer``. Swapping
+methods is one line: the ``weighting=`` argument.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
+import jax.numpy as jnp
+import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
-from yoto_jax.composite import (
-    DEFAULT_EPS,
-    UNIFORM,
-    init_mu,
-    named_composite,
-    named_loss_weights,
-    resolve_floor,
-)
+from yoto_jax.composite import DEFAULT_EPS, UNIFORM, named_composite, resolve_floor
 from yoto_jax.diagnostics import WeightReport, ordered_losses, weight_report
 from yoto_jax.selection import MU_KEY
+from yoto_jax.weighting import Weighting
+from yoto_jax.yoto_weighting import yoto
 
 
-class YotoMu(nnx.Param):
-    """An ``nnx.Param`` holding YOTO logits µ, so filters can tell it from weights.
+class WeightingParam(nnx.Param):
+    """An ``nnx.Param`` holding a weighting's learnable array, so filters can tell it from
+    the model's weights. ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` includes it."""
 
-    ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` includes it; ``nnx.state(model, YotoMu)``
-    selects it alone.
-    """
+
+class YotoMu(WeightingParam):
+    """YOTO's logits µ; ``nnx.state(model, YotoMu)`` selects them alone."""
+
+
+class WeightingState(nnx.Variable):
+    """A weighting's state (loss statistics, FAMO's logits, ...): not trained."""
 
 
 class LossWeights(nnx.Module):
-    """Learnable YOTO loss weights for one composite loss, kept inside an NNX model.
+    """A loss weighting for one multi-loss objective, kept inside an NNX model.
+
+    By default YOTO (:func:`yoto_jax.yoto` with ``eps`` and ``primary_floor``); any
+    :class:`~yoto_jax.Weighting` with ``weighting=``. Train the model with
+    ``nnx.Optimizer(model, model.loss_weights.optimizer(tx), wrt=nnx.Param)`` and
+    :func:`train_step`. Names follow one order everywhere: ``(primary, *auxiliary)``.
 
     Example:
       >>> from flax import nnx
@@ -37,12 +52,12 @@ class LossWeights(nnx.Module):
       >>> from yoto_jax.nnx import LossWeights
       >>> weights = LossWeights("depth", ["segmentation", "consistency"], eps=0.1)
       >>> loss = weights({"depth": 1.0, "segmentation": 0.7, "consistency": 0.2})
-      >>> tx = yoto_jax.yoto_optimizer(optax.adam(1e-3), rho=0.1)
-      >>> optimizer = nnx.Optimizer(weights, tx, wrt=nnx.Param)
+      >>> optimizer = nnx.Optimizer(weights, weights.optimizer(optax.adam(1e-3)), wrt=nnx.Param)
+      >>> dwa = LossWeights("depth", ["segmentation"], weighting=yoto_jax.baselines.dwa(10))
+      >>> dwa.weights()
+      {'depth': Array(1., dtype=float32), 'segmentation': Array(1., dtype=float32)}
 
-    A model can hold several ``LossWeights`` (several independent composite losses);
-    each stores its logits under the attribute ``yoto_mu``, which
-    :func:`yoto_jax.mu_mask` selects.
+    A model can hold several ``LossWeights`` (several independent objectives).
     """
 
     def __init__(
@@ -50,45 +65,171 @@ class LossWeights(nnx.Module):
         primary: str,
         auxiliary: Sequence[str],
         *,
+        weighting: Weighting | None = None,
         eps: float = DEFAULT_EPS,
         primary_floor: float | str = UNIFORM,
     ):
         """Args:
         primary: the name of the primary loss.
         auxiliary: the names of the K >= 1 auxiliary losses.
-        eps: the initial weight of each auxiliary relative to the primary.
-        primary_floor: the least weight of the primary loss, m in [0, 1) (the weights
-          are m e_0 + (1 − m) softmax([0, µ])); ``"uniform"``, the default, is 1/(K+1);
-          0 is the paper's formulation.
+        weighting: the method; None is YOTO with ``eps`` and ``primary_floor``.
+        eps: YOTO's initial weight of each auxiliary relative to the primary.
+        primary_floor: YOTO's least weight of the primary loss, m in [0, 1), or
+          ``"uniform"`` (1/(K+1), the default); 0 is the paper's formulation.
         """
-        init_mu([primary, *auxiliary], eps)  # validates the names and eps
+        names = [primary, *auxiliary]
+        if not auxiliary or not all(isinstance(name, str) for name in names):
+            raise ValueError(f"expected a primary name and >= 1 auxiliary names, got {names!r}.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"loss names must be unique, got {names!r}.")
         self.primary = primary
         self.auxiliary = tuple(auxiliary)
+        self.is_yoto = weighting is None
         self.primary_floor = resolve_floor(primary_floor, len(self.auxiliary))
-        setattr(self, MU_KEY, YotoMu(init_mu(len(self.auxiliary), eps)))
+        self.weighting = yoto(eps, primary_floor=primary_floor) if weighting is None else weighting
+        params, state = self.weighting.init(len(names))
+        for name, value in params.items():
+            setattr(self, name, (YotoMu if name == MU_KEY else WeightingParam)(value))
+        self.param_names = tuple(params)
+        self.state = WeightingState(state)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The loss names, ``(primary, *auxiliary)``: the order of every vector here."""
+        return (self.primary, *self.auxiliary)
+
+    @property
+    def params(self) -> dict[str, jax.Array]:
+        """The weighting's learnable arrays, by name."""
+        return {name: getattr(self, name)[...] for name in self.param_names}
 
     @property
     def mu(self) -> jax.Array:
-        """The current logits, shape (K,), in the order of ``auxiliary``."""
+        """YOTO's logits, shape (K,), in the order of ``auxiliary``."""
         return getattr(self, MU_KEY)[...]
 
+    def optimizer(self, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+        """The optimizer for a model holding these weights: ``weighting.optimizer(tx)``
+        (for YOTO, µ's regulariser and µ's own Adam; otherwise ``tx``)."""
+        return self.weighting.optimizer(tx)
+
     def __call__(self, losses: Mapping[str, ArrayLike]) -> jax.Array:
-        """The composite loss Σ λ_i l_i of a dict of scalar losses."""
+        """YOTO's composite loss Σ λ_i l_i of a dict of scalar losses (YOTO only: any
+        weighting trains with :func:`train_step`)."""
+        if not self.is_yoto:
+            raise TypeError(
+                "calling LossWeights on the losses gives YOTO's composite loss; for any other "
+                "weighting use yoto_jax.nnx.train_step(model, optimizer, loss_weights, losses_fn)."
+            )
         return named_composite(
             self.mu, losses, self.primary, self.auxiliary, primary_floor=self.primary_floor
         )
 
+    def vector(self, losses: Mapping[str, ArrayLike]) -> jax.Array:
+        """A dict of scalar losses as the (T,) vector in the order of ``names``."""
+        return ordered_losses(losses, self.primary, self.auxiliary)
+
+    def named(self, vector: jax.Array) -> dict[str, jax.Array]:
+        """A (T,) vector as a dict in the order of ``names``."""
+        return dict(zip(self.names, vector))
+
     def weights(self) -> dict[str, jax.Array]:
-        """The current λ by loss name, for logging."""
-        return named_loss_weights(
-            self.mu, self.primary, self.auxiliary, primary_floor=self.primary_floor
-        )
+        """The current weights by loss name, for logging (the weighting's convention,
+        see :mod:`yoto_jax.weighting`)."""
+        return self.named(self.weighting.weights(self.params, self.state.get_value()))
 
     def report(self, losses: Mapping[str, ArrayLike]) -> WeightReport:
-        """:func:`yoto_jax.weight_report` of the current weights and a dict of losses, for
-        logging; its arrays follow the order (primary, *auxiliary)."""
-        return weight_report(
-            self.mu,
-            ordered_losses(losses, self.primary, self.auxiliary),
-            primary_floor=self.primary_floor,
-        )
+        """:func:`yoto_jax.weight_report` of YOTO's current weights and a dict of losses,
+        for logging; its arrays follow the order of ``names``."""
+        return weight_report(self.mu, self.vector(losses), primary_floor=self.primary_floor)
+
+
+def _path_of(model: nnx.Module, module: nnx.Module) -> tuple:
+    for path, node in nnx.iter_graph(model):
+        if node is module:
+            return tuple(path)
+    raise ValueError("loss_weights must be a submodule of model (an attribute of it).")
+
+
+def train_step(
+    model: nnx.Module,
+    optimizer: nnx.Optimizer,
+    loss_weights: LossWeights,
+    losses_fn: Callable[[nnx.Module], Mapping[str, jax.Array]],
+    *,
+    key: jax.Array | None = None,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """One training step of ``model`` with the weighting of its ``loss_weights``.
+
+    The NNX form of :func:`yoto_jax.trainer`'s step: the weighting's gradients for the
+    model's ``nnx.Param`` variables and for its own params, one ``optimizer.update``,
+    then the weighting's ``after_update``. Call it inside ``nnx.jit``.
+
+    ``losses_fn(model)`` returns the dict of scalar losses on this step's batch. The
+    weighting may evaluate it several times (FAMO after the step, gradient methods
+    once per loss) on functional copies of the model, so changes it makes to the
+    model's non-parameter state (batch statistics, ``nnx.Rngs`` counts) are not kept:
+    give it its randomness from ``key`` or the batch.
+
+    Args:
+      model: the model; ``loss_weights`` must be one of its submodules.
+      optimizer: ``nnx.Optimizer(model, loss_weights.optimizer(tx), wrt=nnx.Param)``.
+      loss_weights: the :class:`LossWeights` of this objective.
+      losses_fn: ``model -> {name: scalar loss}``.
+      key: this step's PRNG key, for random methods (RLW, PCGrad).
+
+    Returns:
+      The losses before the step and the weights applied, as dicts in the order of
+      ``loss_weights.names``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from flax import nnx
+      >>> from yoto_jax import baselines
+      >>> from yoto_jax.nnx import LossWeights, train_step
+      >>> class Model(nnx.Module):
+      ...     def __init__(self, weighting=None):
+      ...         self.net = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+      ...         self.loss_weights = LossWeights("a", ["b"], weighting=weighting)
+      ...     def losses(self, x):
+      ...         out = self.net(x)
+      ...         return {"a": jnp.mean(out[:, 0] ** 2), "b": jnp.mean((out[:, 1] - 1) ** 2)}
+      >>> model = Model(weighting=baselines.uncertainty())  # or Model() for YOTO
+      >>> optimizer = nnx.Optimizer(
+      ...     model, model.loss_weights.optimizer(optax.adam(1e-2)), wrt=nnx.Param
+      ... )
+      >>> @nnx.jit
+      ... def step(model, optimizer, x):
+      ...     return train_step(model, optimizer, model.loss_weights, lambda m: m.losses(x))
+      >>> losses, weights = step(model, optimizer, jnp.ones((4, 3)))
+      >>> list(weights)
+      ['a', 'b']
+    """
+    weighting = loss_weights.weighting
+    prefix = _path_of(model, loss_weights)
+    graphdef, own_params, model_params, rest = nnx.split(model, WeightingParam, nnx.Param, ...)
+
+    def losses_vector(params: nnx.State) -> jax.Array:
+        return loss_weights.vector(losses_fn(nnx.merge(graphdef, own_params, params, rest)))
+
+    result = weighting.step(
+        losses_vector, model_params, loss_weights.params, loss_weights.state.get_value(), key=key
+    )
+    own_grads = nnx.from_flat_state(
+        [
+            (path, variable.replace(_own_grad(path, prefix, result.grads, variable)))
+            for path, variable in nnx.to_flat_state(own_params)
+        ]
+    )
+    optimizer.update(model, nnx.merge_state(result.model_grads, own_grads))
+    _, _, new_params, _ = nnx.split(model, WeightingParam, nnx.Param, ...)
+    loss_weights.state.set_value(weighting.after_update(losses_vector, new_params, result))
+    return loss_weights.named(result.losses), loss_weights.named(result.weights)
+
+
+def _own_grad(path: tuple, prefix: tuple, grads: dict[str, jax.Array], variable: Any):
+    """The weighting's gradient for one of the model's WeightingParam variables: from
+    ``grads`` for ``loss_weights``' own, zero for those of other LossWeights."""
+    if tuple(path[:-1]) == prefix and path[-1] in grads:
+        return grads[path[-1]]
+    return jnp.zeros_like(variable.get_value())

@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks import losses as L
 from benchmarks import metrics
 from benchmarks.harness import fit, split_key
-from benchmarks.methods import Weighting
+from benchmarks.methods import fixed
 from benchmarks.models import ConvNet
 from benchmarks.scenes import CLASSES, render
 from benchmarks.tasks.base import (
@@ -62,7 +62,7 @@ def _teacher(scale: Scale, data_seed: int) -> tuple[ConvNet, Params]:
     task = _segmentation_task(model, data, training, ("ce",))
     key = jax.random.key(data_seed)
     init = task.init(split_key(key)[0])
-    params, _, _ = fit(task, Weighting(), {"weights": jnp.ones(1)}, init, key, task.data)
+    params, _, _ = fit(task, fixed, {"weights": jnp.ones(1)}, init, key, task.data)
     return model, params
 
 
