@@ -1,16 +1,20 @@
-# Two entry points that set everything up on a fresh machine with Python 3.11+ and pip:
+# Entry points that set everything up on a fresh machine with Python 3.11+ and pip:
 #   make demo   - the benchmark's quick mode (every method on every task, ~9 min on 2 cores)
-#   make test   - the whole test suite
+#   make test   - the whole test suite and every docstring example
+#   make lint   - ruff check and ruff format --check
+#   make docs   - the HTML documentation in docs/_build/html (fails on any warning)
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
+# docs/conf.py only: the guides' code blocks are aligned by hand
+LINT_PATHS := yoto_jax tests benchmarks examples docs/conf.py
 
-.PHONY: demo test bench
+.PHONY: demo test bench lint docs
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev,bench]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev,bench,docs]"
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
@@ -20,4 +24,12 @@ bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/run.py --out results/full
 
 test: $(INSTALLED)
-	$(VENV)/bin/python -m pytest -n 2 tests
+	$(VENV)/bin/python -m pytest -n 2 --doctest-modules yoto_jax tests
+
+# Both checks run; the target fails if either does.
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check $(LINT_PATHS); status=$$?; \
+	$(VENV)/bin/ruff format --check $(LINT_PATHS) && exit $$status
+
+docs: $(INSTALLED)
+	$(VENV)/bin/sphinx-build -W --keep-going -E -b html docs docs/_build/html

@@ -44,27 +44,23 @@ AXIS = "data"
 FEATURES, HIDDEN, OUTPUTS = 16, 64, 2
 BATCH = 64  # the global batch; each of n devices holds BATCH / n examples
 LEARNING_RATE = 3e-2  # µ shares the model's Adam; a large rate lets it move in a short run
+NUM_LOSSES = 3
 RHO = 0.1
 EPS = 0.5
 STRATEGIES = ("dp", "fsdp", "shard_map")
 
 Params = dict[str, Any]
 Batch = tuple[jax.Array, jax.Array]
-Step = Callable[[Params, optax.OptState, Batch], tuple[Params, optax.OptState, jax.Array]]
+Step = Callable[[yoto_jax.TrainerState, Batch], tuple[yoto_jax.TrainerState, jax.Array]]
 
 
-def init_params(key: jax.Array, yoto: bool = True) -> Params:
-    """A two-layer MLP under "model" and, with ``yoto``, µ for two auxiliary losses."""
+def init_model(key: jax.Array) -> Params:
+    """A two-layer MLP."""
     k_hidden, k_out = jax.random.split(key)
-    params: Params = {
-        "model": {
-            "hidden": jax.random.normal(k_hidden, (FEATURES, HIDDEN)) / np.sqrt(FEATURES),
-            "out": jax.random.normal(k_out, (HIDDEN, OUTPUTS)) / np.sqrt(HIDDEN),
-        }
+    return {
+        "hidden": jax.random.normal(k_hidden, (FEATURES, HIDDEN)) / np.sqrt(FEATURES),
+        "out": jax.random.normal(k_out, (HIDDEN, OUTPUTS)) / np.sqrt(HIDDEN),
     }
-    if yoto:
-        params[yoto_jax.MU_KEY] = yoto_jax.init_mu(2, eps=EPS)
-    return params
 
 
 def make_batch(step: int) -> Batch:
@@ -91,54 +87,50 @@ def task_losses(model: Params, batch: Batch, gather: bool) -> jax.Array:
     return jnp.concatenate([errors, consistency[None]])
 
 
-def make_step(tx: optax.GradientTransformation, strategy: str, yoto: bool = True) -> Step:
-    """A jitted train step for ``strategy`` ("dp", "fsdp" or "shard_map"); ``yoto=False``
-    gives the same step with fixed loss weights, those YOTO starts from.
+def make_trainer(yoto: bool = True) -> yoto_jax.Trainer:
+    """``yoto_jax.trainer`` with YOTO (µ on the model's Adam, ρ = RHO, from ε = EPS) or,
+    ``yoto=False``, with the fixed loss weights YOTO starts from."""
+    adam = optax.adam(LEARNING_RATE)
+    weighting = yoto_jax.yoto(EPS, RHO, mu_learning_rate=None, primary_floor=0.0)
+    if not yoto:
+        weighting = yoto_jax.fixed_weights(weighting.weights(*weighting.init(NUM_LOSSES)))
+    return yoto_jax.trainer(weighting, adam)
 
-    "dp" and "fsdp" write the step for the global batch and let JAX partition it.
-    "shard_map" writes the loss per device: each device computes L_e on its part of
-    the batch, and the mean over the mesh (``pmean``) is the loss that is
-    differentiated; JAX sums the gradients of the replicated params and µ across
-    devices. That is exact for YOTO too: L_e is linear in the losses and λ depends on
-    the replicated µ alone, so the mean of per-device L_e is the global-batch L_e.
+
+def make_step(train: yoto_jax.Trainer, strategy: str) -> Step:
+    """A jitted train step for ``strategy`` ("dp", "fsdp" or "shard_map"), returning the
+    new state and the weighted loss Σ λ_i l_i before the step.
+
+    "dp" and "fsdp" write the losses for the global batch and let JAX partition the
+    step. "shard_map" writes them per device: each device computes the losses on its
+    part of the batch, and their mean over the mesh (``pmean``) is the loss vector the
+    weighting sees; JAX sums the gradients of the replicated params across devices.
+    That is exact: the losses are means over equal parts of the batch.
     """
-    fixed_weights = np.asarray(yoto_jax.loss_weights(yoto_jax.init_mu(2, eps=EPS)))
 
-    def loss_fn(params: Params, batch: Batch) -> jax.Array:
-        losses = task_losses(params["model"], batch, gather=strategy == "fsdp")
-        if yoto:
-            return yoto_jax.yoto_composite(params[yoto_jax.MU_KEY], losses)
-        return jnp.dot(fixed_weights, losses)
-
-    def mean_over_devices(params: Params, batch: Batch) -> jax.Array:
-        return jax.lax.pmean(loss_fn(params, batch), AXIS)
+    def losses(model: Params, batch: Batch) -> jax.Array:
+        return task_losses(model, batch, gather=strategy == "fsdp")
 
     if strategy == "shard_map":
-        value_and_grad = jax.shard_map(
-            jax.value_and_grad(mean_over_devices), in_specs=(P(), P(AXIS)), out_specs=P()
+        losses = jax.shard_map(
+            lambda model, batch: jax.lax.pmean(task_losses(model, batch, False), AXIS),
+            in_specs=(P(), P(AXIS)),
+            out_specs=P(),
         )
-    else:
-        value_and_grad = jax.value_and_grad(loss_fn)
 
     @jax.jit
-    def step(params: Params, opt_state: optax.OptState, batch: Batch):
-        loss, grads = value_and_grad(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+    def step(state: yoto_jax.TrainerState, batch: Batch):
+        state, log = train.step(state, lambda model: losses(model, batch))
+        return state, jnp.dot(log.weights, log.losses)
 
     return step
 
 
-def make_optimizer(yoto: bool = True) -> optax.GradientTransformation:
-    """Adam for the model and µ, with hyperparameter decay on µ when ``yoto``."""
-    adam = optax.adam(LEARNING_RATE)
-    return yoto_jax.yoto_optimizer(adam, rho=RHO) if yoto else adam
-
-
-def param_spec(path: tuple, leaf: jax.Array, strategy: str, num_shards: int) -> P:
-    """Where a parameter lives: µ and, but for "fsdp", everything replicated; for
-    "fsdp", the model's weights split over the mesh along their first divisible axis."""
-    if strategy != "fsdp" or yoto_jax.is_mu_path(path):
+def param_spec(leaf: jax.Array, strategy: str, num_shards: int) -> P:
+    """Where a model weight lives: but for "fsdp", replicated; for "fsdp", split over the
+    mesh along its first divisible axis. (µ, created by the trainer's init from no
+    input, is replicated.)"""
+    if strategy != "fsdp":
         return P()
     for axis, size in enumerate(leaf.shape):
         if size % num_shards == 0:
@@ -146,13 +138,13 @@ def param_spec(path: tuple, leaf: jax.Array, strategy: str, num_shards: int) -> 
     return P()
 
 
-def place(params: Params, mesh: jax.sharding.Mesh, strategy: str) -> Params:
-    """``params`` laid out on ``mesh`` for ``strategy``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jax.device_put(
-            leaf, NamedSharding(mesh, param_spec(path, leaf, strategy, mesh.size))
+def place(model: Params, mesh: jax.sharding.Mesh, strategy: str) -> Params:
+    """The model's weights laid out on ``mesh`` for ``strategy``."""
+    return jax.tree.map(
+        lambda leaf: jax.device_put(
+            leaf, NamedSharding(mesh, param_spec(leaf, strategy, mesh.size))
         ),
-        params,
+        model,
     )
 
 
@@ -176,34 +168,34 @@ def sharded_leaves(tree: Any) -> list[str]:
 
 def setup(
     mesh: jax.sharding.Mesh, strategy: str, yoto: bool = True
-) -> tuple[Step, Params, optax.OptState]:
-    """The train step and the initial params and optimizer state laid out on ``mesh``.
-    Call it under ``jax.set_mesh(mesh)``."""
-    tx = make_optimizer(yoto)
-    params = place(init_params(jax.random.key(0), yoto), mesh, strategy)
-    return make_step(tx, strategy, yoto), params, jax.jit(tx.init)(params)
+) -> tuple[Step, yoto_jax.TrainerState]:
+    """The train step and the initial state (params and optimizer state) laid out on
+    ``mesh``. Call it under ``jax.set_mesh(mesh)``."""
+    train = make_trainer(yoto)
+    model = place(init_model(jax.random.key(0)), mesh, strategy)
+    return make_step(train, strategy), jax.jit(train.init, static_argnums=1)(model, NUM_LOSSES)
 
 
 def train(mesh: jax.sharding.Mesh, strategy: str, steps: int) -> dict[str, Any]:
     """Trains from a fixed initialisation; returns the loss and µ trajectories, whether
-    the params' and optimizer state's shardings stayed as initialised, and which
-    leaves are split over devices."""
+    the state's shardings stayed as initialised, and which leaves are split over
+    devices."""
     data = NamedSharding(mesh, P(AXIS))
     with jax.set_mesh(mesh):
-        step, params, opt_state = setup(mesh, strategy)
-        initial = (params, opt_state)
+        step, state = setup(mesh, strategy)
+        initial = state
         losses, mus, stable = [], [], True
         for t in range(steps):
             batch = jax.device_put(make_batch(t), data)
-            params, opt_state, loss = step(params, opt_state, batch)
-            stable &= same_layout((params, opt_state), initial)
+            state, loss = step(state, batch)
+            stable &= same_layout(state, initial)
             losses.append(float(loss))
-            mus.append(np.asarray(params[yoto_jax.MU_KEY]).tolist())
+            mus.append(np.asarray(state.params["weighting"][yoto_jax.MU_KEY]).tolist())
     return {
         "loss": losses,
         "mu": mus,
         "shardings_stable": stable,
-        "sharded": sharded_leaves({"params": params, "opt_state": opt_state}),
+        "sharded": sharded_leaves({"params": state.params, "opt_state": state.opt_state}),
     }
 
 
@@ -217,9 +209,9 @@ def collectives(mesh: jax.sharding.Mesh, strategy: str, yoto: bool) -> dict[str,
     """The collectives of the compiled train step: for each kind, [ops, elements moved],
     e.g. {"all-reduce": [1, 2115]}."""
     with jax.set_mesh(mesh):
-        step, params, opt_state = setup(mesh, strategy, yoto)
+        step, state = setup(mesh, strategy, yoto)
         batch = jax.device_put(make_batch(0), NamedSharding(mesh, P(AXIS)))
-        hlo = step.lower(params, opt_state, batch).compile().as_text()
+        hlo = step.lower(state, batch).compile().as_text()
     found: dict[str, list[int]] = {}
     for result_type, kind in COLLECTIVE.findall(hlo):
         sizes = [

@@ -16,7 +16,12 @@ import numpy as np
 
 
 def floating_array(x: Any, what: str) -> jax.Array:
-    """`x` as a JAX array, requiring a floating dtype (gradients need one)."""
+    """`x` as a JAX array, requiring a floating dtype (gradients need one).
+
+    Example:
+      >>> floating_array([1.0, 2.0], "losses")
+      Array([1., 2.], dtype=float32)
+    """
     try:
         array = jnp.asarray(x)
     except TypeError as error:
@@ -32,7 +37,12 @@ def floating_array(x: Any, what: str) -> jax.Array:
 
 
 def scalar(x: Any, what: str) -> jax.Array:
-    """`x` as a floating scalar array; a reduced loss or a single logit."""
+    """`x` as a floating scalar array; a reduced loss or a single logit.
+
+    Example:
+      >>> scalar(0.5, "losses['depth']").shape
+      ()
+    """
     array = floating_array(x, what)
     if array.shape != ():
         raise ValueError(
@@ -43,12 +53,23 @@ def scalar(x: Any, what: str) -> jax.Array:
 
 
 def compute_dtype(*arrays: jax.Array) -> jnp.dtype:
-    """float32, or wider when an input is wider: half precision is upcast."""
+    """float32, or wider when an input is wider: half precision is upcast.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> compute_dtype(jnp.zeros(2, jnp.bfloat16))
+      dtype('float32')
+    """
     return jnp.result_type(jnp.float32, *(a.dtype for a in arrays))
 
 
 def concrete_float(x: Any) -> float | None:
-    """The Python float of a concrete scalar, or None for tracers and callables."""
+    """The Python float of a concrete scalar, or None for tracers and callables.
+
+    Example:
+      >>> concrete_float(0.5), concrete_float(lambda step: 0.1)
+      (0.5, None)
+    """
     if callable(x) or isinstance(x, jax.core.Tracer):
         return None
     value = np.asarray(x)
@@ -60,28 +81,51 @@ def concrete_float(x: Any) -> float | None:
 
 
 def non_negative(x: Any, name: str) -> None:
-    """Raises unless `x` is a tracer, a schedule, or a finite number >= 0."""
+    """Raises unless `x` is a tracer, a schedule, or a finite number >= 0.
+
+    Example:
+      >>> non_negative(-1.0, "rho")
+      Traceback (most recent call last):
+      ValueError: rho must be a finite number >= 0, got -1.0.
+    """
     value = concrete_float(x)
     if value is not None and not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
 
 
 def unit_interval(x: Any, name: str) -> None:
-    """Raises unless `x` is a tracer or a finite number in [0, 1)."""
+    """Raises unless `x` is a tracer or a finite number in [0, 1).
+
+    Example:
+      >>> unit_interval(1.0, "primary_floor")
+      Traceback (most recent call last):
+      ValueError: primary_floor must be a finite number in [0, 1), got 1.0.
+    """
     value = concrete_float(x)
     if value is not None and not (math.isfinite(value) and 0.0 <= value < 1.0):
         raise ValueError(f"{name} must be a finite number in [0, 1), got {value}.")
 
 
 def positive(x: Any, name: str) -> None:
-    """Raises unless `x` is a tracer or a finite number > 0."""
+    """Raises unless `x` is a tracer or a finite number > 0.
+
+    Example:
+      >>> positive(0.0, "eps")
+      Traceback (most recent call last):
+      ValueError: eps must be a finite number > 0, got 0.0.
+    """
     value = concrete_float(x)
     if value is not None and not (math.isfinite(value) and value > 0.0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}.")
 
 
 def primary_name(mu: Mapping[str, Any], losses: Mapping[str, Any]) -> str:
-    """The one key of `losses` that is not an auxiliary name in `mu`."""
+    """The one key of `losses` that is not an auxiliary name in `mu`.
+
+    Example:
+      >>> primary_name({"flip": 0.0}, {"flip": 0.1, "depth": 1.0})
+      'depth'
+    """
     if not isinstance(losses, Mapping):
         raise TypeError(
             f"mu is a dict of auxiliary logits, so losses must be a dict too, got {type(losses).__name__}."
@@ -99,7 +143,12 @@ def primary_name(mu: Mapping[str, Any], losses: Mapping[str, Any]) -> str:
 
 
 def positive_int(x: Any, name: str) -> int:
-    """`x` itself when it is a Python int >= 1 (a count: losses, configurations, steps)."""
+    """`x` itself when it is a Python int >= 1 (a count: losses, configurations, steps).
+
+    Example:
+      >>> positive_int(3, "num_steps")
+      3
+    """
     if isinstance(x, bool) or not isinstance(x, int) or x < 1:
         raise ValueError(f"{name} must be an int >= 1, got {x!r}.")
     return x
@@ -107,7 +156,13 @@ def positive_int(x: Any, name: str) -> int:
 
 def num_configs(tree: Any, name: str) -> int:
     """The common leading size N of the floating leaves of `tree` (one entry per
-    configuration: a grid's hyperparameters, a search's configurations)."""
+    configuration: a grid's hyperparameters, a search's configurations).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> num_configs({"weights": jnp.ones((4, 3)), "rho": jnp.ones(4)}, "configs")
+      4
+    """
     leaves = jax.tree_util.tree_leaves_with_path(tree)
     if not leaves:
         raise ValueError(f"{name} must hold at least one array, got an empty pytree.")

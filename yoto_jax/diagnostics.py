@@ -96,7 +96,12 @@ def weight_report(
 def ordered_losses(
     losses: Mapping[str, ArrayLike], primary: str, auxiliary: Sequence[str]
 ) -> jax.Array:
-    """The dict ``losses`` as a (K+1,) vector in the order (primary, *auxiliary)."""
+    """The dict ``losses`` as a (K+1,) vector in the order ``(primary, *auxiliary)``.
+
+    Example:
+      >>> ordered_losses({"aux": 0.5, "main": 1.0}, "main", ["aux"])
+      Array([1. , 0.5], dtype=float32)
+    """
     names = [primary, *auxiliary]
     missing = sorted(set(names) - set(losses))
     if missing:

@@ -66,7 +66,7 @@ class LossWeights(nn.Module):
 
     def report(self, losses: Mapping[str, ArrayLike]) -> WeightReport:
         """:func:`yoto_jax.weight_report` of the current weights and a dict of losses, for
-        logging; its arrays follow the order (primary, *auxiliary)."""
+        logging; its arrays follow the order ``(primary, *auxiliary)``."""
         return weight_report(
             self.mu,
             ordered_losses(losses, self.primary, tuple(self.auxiliary)),

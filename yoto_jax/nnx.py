@@ -69,13 +69,15 @@ class LossWeights(nnx.Module):
         eps: float = DEFAULT_EPS,
         primary_floor: float | str = UNIFORM,
     ):
-        """Args:
-        primary: the name of the primary loss.
-        auxiliary: the names of the K >= 1 auxiliary losses.
-        weighting: the method; None is YOTO with ``eps`` and ``primary_floor``.
-        eps: YOTO's initial weight of each auxiliary relative to the primary.
-        primary_floor: YOTO's least weight of the primary loss, m in [0, 1), or
-          ``"uniform"`` (1/(K+1), the default); 0 is the paper's formulation.
+        """Creates the weighting's params and state for ``(primary, *auxiliary)``.
+
+        Args:
+          primary: the name of the primary loss.
+          auxiliary: the names of the K >= 1 auxiliary losses.
+          weighting: the method; None is YOTO with ``eps`` and ``primary_floor``.
+          eps: YOTO's initial weight of each auxiliary relative to the primary.
+          primary_floor: YOTO's least weight of the primary loss, m in [0, 1), or
+            ``"uniform"`` (1/(K+1), the default); 0 is the paper's formulation.
         """
         names = [primary, *auxiliary]
         if not auxiliary or not all(isinstance(name, str) for name in names):
@@ -95,7 +97,7 @@ class LossWeights(nnx.Module):
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The loss names, ``(primary, *auxiliary)``: the order of every vector here."""
+        """Loss names in the order of every vector here, ``(primary, *auxiliary)``."""
         return (self.primary, *self.auxiliary)
 
     @property

@@ -27,7 +27,14 @@ def _path_names(path: tuple) -> list[Any]:
 
 
 def is_mu_path(path: tuple) -> bool:
-    """Whether a key path (from ``jax.tree_util.tree_flatten_with_path``) leads to µ."""
+    """Whether a key path (from ``jax.tree_util.tree_flatten_with_path``) leads to µ.
+
+    Example:
+      >>> import jax
+      >>> params = {"net": {"w": 1.0}, "yoto_mu": 0.0}
+      >>> [is_mu_path(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+      [False, True]
+    """
     return MU_KEY in _path_names(path)
 
 
@@ -35,24 +42,39 @@ def mu_mask(params: Any) -> Any:
     """A tree of bools like ``params``: True for the µ leaves (under a ``yoto_mu`` key).
 
     Pass it as the ``mask`` of :func:`yoto_jax.hyperparameter_decay` (or any optax
-    mask) to act on µ only, or negate it to exclude µ from weight decay:
+    mask) to act on µ only, or use :func:`model_mask` to exclude µ from weight decay.
 
-    >>> import optax, yoto_jax
-    >>> tx = optax.chain(
-    ...     yoto_jax.hyperparameter_decay(0.1, mask=yoto_jax.mu_mask),
-    ...     optax.adamw(1e-3, mask=yoto_jax.model_mask),
-    ... )
+    Example:
+      >>> import optax, yoto_jax
+      >>> mu_mask({"w": 1.0, "yoto_mu": 0.0})
+      {'w': False, 'yoto_mu': True}
+      >>> tx = optax.chain(
+      ...     yoto_jax.hyperparameter_decay(0.1, mask=yoto_jax.mu_mask),
+      ...     optax.adamw(1e-3, mask=yoto_jax.model_mask),
+      ... )
     """
     return jax.tree_util.tree_map_with_path(lambda path, _: is_mu_path(path), params)
 
 
 def model_mask(params: Any) -> Any:
-    """The complement of :func:`mu_mask`: True for every leaf that is not µ."""
+    """The complement of :func:`mu_mask`: True for every leaf that is not µ.
+
+    Example:
+      >>> model_mask({"w": 1.0, "yoto_mu": 0.0})
+      {'w': True, 'yoto_mu': False}
+    """
     return jax.tree_util.tree_map_with_path(lambda path, _: not is_mu_path(path), params)
 
 
 def mu_labels(params: Any, mu_label: str = "mu", model_label: str = "model") -> Any:
-    """Labels for ``optax.partition``: ``mu_label`` for µ leaves, ``model_label`` otherwise."""
+    """Labels for ``optax.partition``: ``mu_label`` for µ leaves, ``model_label`` otherwise.
+
+    Example:
+      >>> import optax
+      >>> mu_labels({"w": 1.0, "yoto_mu": 0.0})
+      {'w': 'model', 'yoto_mu': 'mu'}
+      >>> tx = optax.partition({"model": optax.adam(1e-3), "mu": optax.adam(0.05)}, mu_labels)
+    """
     return jax.tree_util.tree_map_with_path(
         lambda path, _: mu_label if is_mu_path(path) else model_label, params
     )

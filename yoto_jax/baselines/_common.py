@@ -1,9 +1,9 @@
-"""What the loss-weighting baselines share: the loss vector and the `LossWeighting` shape."""
+"""What the baselines share: the weighted loss, a state that remembers T, and masks."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,24 +11,20 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
+from yoto_jax.weighting import loss_vector
 
 
-def loss_vector(
-    losses: ArrayLike, num_losses: int | None = None, what: str = "losses"
-) -> jax.Array:
-    """`losses` as a floating array of shape (T,), T >= 1 (or T = `num_losses`)."""
-    losses = _checks.floating_array(losses, what)
-    if losses.ndim != 1 or losses.shape[0] < 1:
-        raise ValueError(
-            f"{what} must be a vector of shape (T,), one entry per loss (stack the reduced scalar "
-            f"losses with jnp.stack), got shape {losses.shape}."
-        )
-    if num_losses is not None and losses.shape[0] != num_losses:
-        raise ValueError(
-            f"{what} has {losses.shape[0]} entries, expected {num_losses}: one per loss (as the "
-            "weighting state or the other arguments were set up)."
-        )
-    return losses.astype(_checks.compute_dtype(losses))
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class NumLosses:
+    """The state of a method that carries nothing between steps but must know T.
+
+    A pytree with no leaves (``num_losses`` is static), so it costs nothing under
+    ``jit``, ``vmap`` or in a checkpoint; equal weights and RLW use it to give their
+    ``weights(params, state)`` the shape (T,).
+    """
+
+    num_losses: int
 
 
 def selected_leaves(mask: Any, tree: Any) -> list[bool]:
@@ -65,7 +61,8 @@ def weighted_loss(weights: ArrayLike, losses: ArrayLike) -> jax.Array:
     r"""The model's loss :math:`\sum_i \operatorname{sg}(λ_i)\, l_i` for constant weights λ.
 
     No gradient flows into ``weights`` (``jax.lax.stop_gradient``): the methods that
-    use this form set λ from loss statistics, not by descending the model's loss.
+    use this form (equal weights, DWA, RLW, FAMO) set λ from loss statistics, not by
+    descending the model's loss.
 
     Args:
       weights: λ, shape (T,).
@@ -81,39 +78,3 @@ def weighted_loss(weights: ArrayLike, losses: ArrayLike) -> jax.Array:
             f"weights must have the shape of losses {losses.shape}, got {weights.shape}."
         )
     return jnp.dot(jax.lax.stop_gradient(weights).astype(losses.dtype), losses)
-
-
-class LossWeighting(NamedTuple):
-    """A weighting method that sets constant weights λ from loss statistics.
-
-    The model's loss is ``weighted_loss(weights(state, losses), losses)``; after the
-    model's step, ``update`` advances the state. Equal weights, DWA, RLW and FAMO
-    have this shape; uncertainty weighting (λ from learnable parameters) and
-    GradNorm (λ from gradient norms) have their own functions.
-
-    Attributes:
-      init: ``init(num_losses) -> state``.
-      weights: ``weights(state, losses) -> λ`` of shape (T,), with no gradient into
-        λ; ``losses`` are this step's losses (FAMO's weights depend on them).
-      update: ``update(state, losses, **extra_args) -> state``, called once per
-        training step after the model's step with the same ``losses``. Extra
-        arguments a method does not need are ignored, as in Optax; FAMO needs
-        ``losses_after``.
-
-    Example:
-      One training step with any of them (``method = dwa(100)``, ``rlw()``, ...)::
-
-          def train_step(params, opt_state, state, batch):
-              def loss_fn(params):
-                  losses = losses_fn(params, batch)  # shape (T,)
-                  return weighted_loss(method.weights(state, losses), losses), losses
-
-              grads, losses = jax.grad(loss_fn, has_aux=True)(params)
-              updates, opt_state = tx.update(grads, opt_state, params)
-              params = optax.apply_updates(params, updates)
-              return params, opt_state, method.update(state, losses)
-    """
-
-    init: Callable[[int], Any]
-    weights: Callable[[Any, ArrayLike], jax.Array]
-    update: Callable[..., Any]

@@ -6,10 +6,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import LossWeighting, loss_vector
+from yoto_jax.baselines._common import weighted_loss
+from yoto_jax.weighting import Weighting, loss_vector, objective_weighting
 
 DEFAULT_DWA_TEMPERATURE = 2.0
 """The softmax temperature of the reference (Liu et al. 2019)."""
@@ -24,7 +24,7 @@ class DWAState(NamedTuple):
     epochs: jax.Array  # shape=(), int32: completed epochs
 
 
-def dwa(steps_per_epoch: int, temperature: float = DEFAULT_DWA_TEMPERATURE) -> LossWeighting:
+def dwa(steps_per_epoch: int, temperature: float = DEFAULT_DWA_TEMPERATURE) -> Weighting:
     r"""Dynamic Weight Average: weights from the ratio of the last two epoch-mean losses.
 
     .. math::
@@ -33,26 +33,34 @@ def dwa(steps_per_epoch: int, temperature: float = DEFAULT_DWA_TEMPERATURE) -> L
 
     where :math:`\bar L_k(t)` is the mean training loss of task k over the
     ``steps_per_epoch`` steps of epoch t. A task whose loss fell less over the last
-    epoch gets more weight. λ = 1 during the first two epochs (no ratio yet).
+    epoch gets more weight. λ = 1 during the first two epochs (no ratio yet). The
+    model descends :math:`\sum_i \operatorname{sg}(λ_i) l_i`; λ sums to T.
 
+    The state (:class:`DWAState`) holds the loss statistics and is advanced by
+    ``step`` with that step's losses; the weights applied at a step are those of the
+    state before it, so ``weights(params, state)`` is the λ the next step applies.
     The epoch means are the means of the per-step training losses, as in the
-    reference code (the model changes during the epoch). The state counts steps, so
-    an epoch is ``steps_per_epoch`` calls of ``update``; with ``steps_per_epoch=1``
-    the statistics are per step (a deviation: noisier, and λ moves every step).
+    reference code (the model changes during the epoch). An epoch is
+    ``steps_per_epoch`` calls of ``step``; with ``steps_per_epoch=1`` the statistics
+    are per step (a deviation: noisier, and λ moves every step).
 
     Args:
       steps_per_epoch: how many training steps make an epoch, an int >= 1.
-      temperature: the softmax temperature, > 0 (2 in the reference).
+      temperature: the softmax temperature, > 0 (2 in the reference; may be traced).
 
     Returns:
-      A :class:`LossWeighting`; call ``update(state, losses)`` once per step.
+      A :class:`~yoto_jax.Weighting` with no params and a :class:`DWAState`.
 
     Example:
       >>> import jax.numpy as jnp
       >>> from yoto_jax.baselines import dwa
-      >>> method = dwa(steps_per_epoch=100)
-      >>> method.weights(method.init(3), jnp.ones(3))  # λ = 1 for the first two epochs
-      Array([1., 1., 1.], dtype=float32)
+      >>> method = dwa(steps_per_epoch=1)
+      >>> params, state = method.init(2)
+      >>> for losses in ([1.0, 1.0], [1.0, 0.5]):  # two epochs: λ = 1 meanwhile
+      ...     result = method.step(lambda w: jnp.array(losses) * w, 1.0, params, state)
+      ...     state = method.after_update(None, None, result)
+      >>> method.weights(params, state).round(4)  # 2 softmax([1, 0.5] / 2)
+      Array([1.1244, 0.8756], dtype=float32)
 
     References:
       Liu, Johns and Davison, "End-to-End Multi-Task Learning with Attention",
@@ -64,27 +72,29 @@ def dwa(steps_per_epoch: int, temperature: float = DEFAULT_DWA_TEMPERATURE) -> L
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
     _checks.positive(temperature, "temperature")
 
-    def init_fn(num_losses: int) -> DWAState:
+    def init(num_losses: int) -> tuple[dict[str, jax.Array], DWAState]:
         num_losses = _checks.positive_int(num_losses, "num_losses")
-        zeros = jnp.zeros((num_losses,), jnp.float32)
-        return DWAState(
-            loss_sum=zeros,
+        return {}, DWAState(
+            loss_sum=jnp.zeros((num_losses,), jnp.float32),
             step=jnp.zeros([], jnp.int32),
             means=jnp.ones((2, num_losses), jnp.float32),
             epochs=jnp.zeros([], jnp.int32),
         )
 
-    def weights_fn(state: DWAState, losses: ArrayLike) -> jax.Array:
-        losses = loss_vector(losses, state.loss_sum.shape[0])
-        num_losses = losses.shape[0]
+    def weights(params: dict[str, jax.Array], state: DWAState) -> jax.Array:
         ratios = state.means[0] / state.means[1]
-        weights = num_losses * jax.nn.softmax(ratios / temperature)
-        weights = jnp.where(state.epochs >= 2, weights, jnp.ones_like(weights))
-        return jax.lax.stop_gradient(weights.astype(losses.dtype))
+        lam = ratios.shape[0] * jax.nn.softmax(ratios / temperature)
+        return jnp.where(state.epochs >= 2, lam, jnp.ones_like(lam))
 
-    def update_fn(state: DWAState, losses: ArrayLike, **extra_args) -> DWAState:
-        del extra_args
-        losses = jax.lax.stop_gradient(loss_vector(losses, state.loss_sum.shape[0]))
+    def applied(params, state: DWAState, losses, key) -> jax.Array:
+        losses = loss_vector(losses, state.loss_sum.shape[0])
+        return jax.lax.stop_gradient(weights(params, state).astype(losses.dtype))
+
+    def objective(params, state: DWAState, losses, key) -> jax.Array:
+        return weighted_loss(applied(params, state, losses, key), losses)
+
+    def next_state(state: DWAState, losses: jax.Array) -> DWAState:
+        losses = loss_vector(losses, state.loss_sum.shape[0])
         loss_sum = state.loss_sum + losses.astype(state.loss_sum.dtype)
         step = state.step + 1
         epoch_done = step == steps_per_epoch
@@ -96,4 +106,4 @@ def dwa(steps_per_epoch: int, temperature: float = DEFAULT_DWA_TEMPERATURE) -> L
             epochs=state.epochs + epoch_done.astype(jnp.int32),
         )
 
-    return LossWeighting(init_fn, weights_fn, update_fn)
+    return objective_weighting(init, objective, applied, weights, next_state=next_state)

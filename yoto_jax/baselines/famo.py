@@ -7,10 +7,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import LossWeighting, loss_vector
+from yoto_jax.baselines._common import weighted_loss
+from yoto_jax.weighting import (
+    LossesFn,
+    Params,
+    Weighting,
+    WeightingStep,
+    loss_vector,
+    objective_weighting,
+)
 
 DEFAULT_FAMO_LEARNING_RATE = 0.025
 """The learning rate of FAMO's logits in the reference code."""
@@ -31,7 +38,7 @@ class FAMOState(NamedTuple):
 def famo(
     learning_rate: float = DEFAULT_FAMO_LEARNING_RATE,
     weight_decay: float = DEFAULT_FAMO_WEIGHT_DECAY,
-) -> LossWeighting:
+) -> Weighting:
     r"""FAMO: balances the tasks' log-loss decrease rates at O(1) extra cost per step.
 
     With logits ξ (init 0), :math:`z = \operatorname{softmax}(ξ)` and
@@ -41,40 +48,50 @@ def famo(
         \sum_i z_i \log D_i / c, \qquad c = \operatorname{sg}\Big(\sum_i z_i / D_i\Big),
 
     whose gradient is :math:`\sum_i λ_i \nabla l_i` with
-    :math:`λ_i = (z_i / D_i) / \sum_j (z_j / D_j)`; ``weights`` returns that λ, so
-    ``weighted_loss(weights(state, l), l)`` gives the reference's model gradient.
-    After the model's step, the losses :math:`l'` are recomputed *on the same batch*
-    and ξ takes one step of its own optimizer on
+    :math:`λ_i = (z_i / D_i) / \sum_j (z_j / D_j)`: ``step`` applies that λ (and
+    reports it in ``result.weights``). After the model's step, ``after_update``
+    recomputes the losses :math:`l' =` ``losses_fn(new_model_params)`` *on the same
+    batch* (one extra forward pass) and ξ takes one step of its own optimizer on
 
     .. math::
         g_ξ = z \odot (δ - z^\top δ), \qquad δ = \log D(l) - \log D(l'),
 
     (the vector-Jacobian product of the softmax with δ). The optimizer is Adam with
     coupled L2 decay, as ``torch.optim.Adam(weight_decay=γ)`` in the reference:
-    ``optax.chain(optax.add_decayed_weights(γ), optax.adam(lr))``.
+    ``optax.chain(optax.add_decayed_weights(γ), optax.adam(lr))``. ξ and its Adam
+    state are the method's state (:class:`FAMOState`), not params: the caller's
+    optimizer never sees them.
 
-    The losses must stay positive (log D). The reference's gradient clipping of the
-    model (``max_norm``) belongs to the training loop, not to the weighting, and is
-    not part of this function.
+    ``weights(params, state)`` is z = softmax(ξ), the task weighting FAMO learns;
+    the weights applied at a step differ: :math:`z_i / l_i`, normalised to sum to 1.
+
+    The losses must stay positive (log D). The reference code also clips the
+    gradients of the shared parameters to global norm 1 (``max_norm=1.0``) after
+    the weighting; neither this function nor the library's benchmark does. To
+    reproduce it, put the clipping in the optimizer, e.g.
+    ``optax.chain(optax.masked(optax.clip_by_global_norm(1.0), shared_mask), tx)``
+    with ``shared_mask`` selecting the shared parameters in the tree
+    ``{"model": ..., "weighting": {}}``.
 
     Args:
-      learning_rate: ξ's Adam learning rate, > 0 (0.025 in the reference).
+      learning_rate: ξ's Adam learning rate, > 0 (0.025 in the reference; may be
+        traced).
       weight_decay: γ >= 0 (1e-3, LibMTL's default; the FAMO code's own default varies
         by experiment).
 
     Returns:
-      A :class:`LossWeighting` whose ``update(state, losses, losses_after=l')`` needs
-      the losses recomputed after the model's step (an extra forward pass).
+      A :class:`~yoto_jax.Weighting` with no params and a :class:`FAMOState`.
 
     Example:
       >>> import jax.numpy as jnp
-      >>> from yoto_jax.baselines import famo, weighted_loss
+      >>> from yoto_jax.baselines import famo
       >>> method = famo()
-      >>> state = method.init(2)
-      >>> losses = jnp.array([1.0, 0.5])
-      >>> loss = weighted_loss(method.weights(state, losses), losses)
-      >>> # ... model step, then the losses again on the same batch:
-      >>> state = method.update(state, losses, losses_after=jnp.array([0.9, 0.45]))
+      >>> params, state = method.init(2)
+      >>> losses_fn = lambda w: jnp.array([1.0, 0.5]) * w  # one model parameter w
+      >>> result = method.step(losses_fn, 1.0, params, state)
+      >>> result.weights  # z_i / l_i normalised, z = (1/2, 1/2)
+      Array([0.33333334, 0.6666667 ], dtype=float32)
+      >>> state = method.after_update(losses_fn, 0.9, result)  # the model stepped to 0.9
 
     References:
       Liu, Liu, Jin, Stone and Liu, "FAMO: Fast Adaptive Multitask Optimization",
@@ -84,27 +101,30 @@ def famo(
     _checks.non_negative(weight_decay, "weight_decay")
     logits_tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
 
-    def init_fn(num_losses: int) -> FAMOState:
+    def init(num_losses: int) -> tuple[dict[str, jax.Array], FAMOState]:
         logits = jnp.zeros((_checks.positive_int(num_losses, "num_losses"),), jnp.float32)
-        return FAMOState(logits=logits, opt_state=logits_tx.init(logits))
+        return {}, FAMOState(logits=logits, opt_state=logits_tx.init(logits))
 
-    def weights_fn(state: FAMOState, losses: ArrayLike) -> jax.Array:
+    def applied(params, state: FAMOState, losses, key) -> jax.Array:
         losses = loss_vector(losses, state.logits.shape[0])
         scaled = jax.nn.softmax(state.logits).astype(losses.dtype) / (losses + _OFFSET)
         return jax.lax.stop_gradient(scaled / jnp.sum(scaled))
 
-    def update_fn(
-        state: FAMOState, losses: ArrayLike, losses_after: ArrayLike | None = None, **extra_args
+    def objective(params, state: FAMOState, losses, key) -> jax.Array:
+        return weighted_loss(applied(params, state, losses, key), losses)
+
+    def weights(params: dict[str, jax.Array], state: FAMOState) -> jax.Array:
+        return jax.nn.softmax(state.logits)
+
+    def after_update(
+        losses_fn: LossesFn, new_model_params: Params, result: WeightingStep
     ) -> FAMOState:
-        del extra_args
-        if losses_after is None:
-            raise ValueError(
-                "FAMO's update needs losses_after: the losses recomputed on the same batch after "
-                "the model's step, update(state, losses, losses_after=...)."
-            )
+        state = result.state
         num_losses = state.logits.shape[0]
-        before = loss_vector(losses, num_losses)
-        after = loss_vector(losses_after, num_losses, what="losses_after")
+        before = loss_vector(result.losses, num_losses)
+        after = loss_vector(
+            losses_fn(new_model_params), num_losses, what="losses_fn(new_model_params)"
+        )
         delta = jax.lax.stop_gradient(jnp.log(before + _OFFSET) - jnp.log(after + _OFFSET))
         z = jax.nn.softmax(state.logits)
         delta = delta.astype(z.dtype)
@@ -112,4 +132,4 @@ def famo(
         updates, opt_state = logits_tx.update(grad, state.opt_state, state.logits)
         return FAMOState(logits=optax.apply_updates(state.logits, updates), opt_state=opt_state)
 
-    return LossWeighting(init_fn, weights_fn, update_fn)
+    return objective_weighting(init, objective, applied, weights, after_update=after_update)

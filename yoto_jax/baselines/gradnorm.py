@@ -11,13 +11,22 @@ import optax
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import loss_vector, selected_leaves
+from yoto_jax.baselines._common import selected_leaves
+from yoto_jax.weighting import (
+    LossesFn,
+    Params,
+    Weighting,
+    WeightingStep,
+    keep_state,
+    loss_vector,
+    same_optimizer,
+)
 
 DEFAULT_GRADNORM_ALPHA = 1.5
 """The restoring-force strength α of the reference."""
 
 GRADNORM_KEY = "gradnorm_logits"
-"""A suggested parameter name for GradNorm's logits s, next to the model's parameters."""
+"""The name of GradNorm's logits s in the weighting's params."""
 
 
 class GradNormState(NamedTuple):
@@ -27,15 +36,8 @@ class GradNormState(NamedTuple):
     count: jax.Array  # shape=(), int32: steps taken
 
 
-def gradnorm_weights(logits: ArrayLike) -> jax.Array:
-    r"""GradNorm's loss weights :math:`w = T \operatorname{softmax}(s)`, which sum to T.
-
-    Args:
-      logits: s, shape (T,).
-
-    Returns:
-      An array of shape (T,), float32 or wider.
-    """
+def _weights(logits: ArrayLike) -> jax.Array:
+    """w = T softmax(s), shape (T,), float32 or wider."""
     logits = loss_vector(logits, what="logits")
     return logits.shape[0] * jax.nn.softmax(logits)
 
@@ -69,13 +71,24 @@ def gradnorm_balance_loss(
       losses: this step's losses, shape (T,).
       initial_losses: l(0), shape (T,), positive.
       alpha: α >= 0; larger pulls harder towards equal training rates (1.5 in the
-        reference; α = 0 equalises the gradient norms).
+        reference; α = 0 equalises the gradient norms; may be traced).
 
     Returns:
       The scalar :math:`L_\text{grad}`, differentiable in ``logits`` only.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import gradnorm_balance_loss
+      >>> ones = jnp.ones(2)  # w = 1, equal rates: G = (1, 3), target Ḡ = 2
+      >>> gradnorm_balance_loss(jnp.zeros(2), jnp.array([1.0, 3.0]), ones, ones)
+      Array(2., dtype=float32)
+
+    References:
+      Chen, Badrinarayanan, Lee and Rabinovich, "GradNorm: Gradient Normalization for
+      Adaptive Loss Balancing in Deep Multitask Networks", ICML 2018, Eq. (1)-(2).
     """
     _checks.non_negative(alpha, "alpha")
-    weights = gradnorm_weights(logits)
+    weights = _weights(logits)
     num_losses = weights.shape[0]
     grad_norms, losses, initial_losses = (
         jax.lax.stop_gradient(loss_vector(x, num_losses, what=what))
@@ -103,66 +116,66 @@ def _shared_grad_norms(per_loss_grads: Any, shared: Any, num_losses: int) -> jax
     return jnp.sqrt(sum(squared))
 
 
-class GradNorm(NamedTuple):
-    """GradNorm's functions (see :func:`gradnorm`).
-
-    Attributes:
-      init: ``init(num_losses) -> GradNormState``.
-      grads: ``grads(loss_fn, params, logits, state) -> (param_grads, logit_grad,
-        state, losses)``.
-    """
-
-    init: Callable[[int], GradNormState]
-    grads: Callable[..., tuple[Any, jax.Array, GradNormState, jax.Array]]
-
-
-def gradnorm(shared: Any | Callable[[Any], Any], alpha: float = DEFAULT_GRADNORM_ALPHA) -> GradNorm:
+def gradnorm(
+    shared: Any | Callable[[Any], Any], alpha: float = DEFAULT_GRADNORM_ALPHA
+) -> Weighting:
     r"""GradNorm: weights w = T softmax(s), with s learnt on the gradient-balancing loss.
 
-    One call of ``grads(loss_fn, params, logits, state)`` does GradNorm's step:
+    The params are the logits, ``{"gradnorm_logits": s}``, from s = 0 (w = 1); the
+    state (:class:`GradNormState`) holds l(0), the losses of the first step. One
+    ``step`` does GradNorm's step:
 
     * the model's gradient is :math:`\sum_i \operatorname{sg}(w_i) \nabla l_i` (all of
-      ``params``);
+      the model's parameters);
     * the logits' gradient is :math:`\nabla_s L_\text{grad}`
       (:func:`gradnorm_balance_loss`), with the norms taken over the shared
       parameters W that ``shared`` selects; s gets no gradient from the model's loss.
 
-    Give both gradients to the model's optimizer (s next to the model's parameters,
-    e.g. under :data:`GRADNORM_KEY`), as in the reference. l(0) is the losses of the
-    first step this state sees.
+    Both gradients go to the model's optimizer (``weighting.optimizer(tx)`` is
+    ``tx``), as in the reference. ``weights(params, state)`` and ``result.weights``
+    are w = T softmax(s), which sums to T.
 
     W is the caller's choice: the paper takes the last shared layer (cheaper); LibMTL
     takes all shared parameters. Cost: one forward pass, T backward passes for the
     per-loss gradients (vmapped; under ``jit`` XLA drops the parts below W) and one
     for the model's gradient.
 
-    Deviations from the paper: the weights are a softmax of logits (as in LibMTL and
-    the issue's definition) instead of free weights renormalised to sum to T after
-    each step; l(0) is the first step's losses (LibMTL uses the first epoch's mean,
-    with equal weights during that epoch).
+    Deviations from the paper and from LibMTL:
+
+    * the weights are a softmax of logits (as in LibMTL) instead of free weights
+      renormalised to sum to T after each step;
+    * l(0) is the first step's losses (LibMTL uses the first epoch's mean, with equal
+      weights during that epoch);
+    * every model parameter, the task-specific heads included, gets the weighted
+      gradient :math:`\sum_i w_i \nabla l_i` (so a head's gradient is scaled by its
+      task's weight); LibMTL weights the shared parameters' gradients only and leaves
+      the heads' unweighted, :math:`\nabla l_i`.
 
     Args:
-      shared: which parameters are W: a tree of bools with the structure of the
-        params (or a prefix of it), or a callable returning one from a tree of that
-        structure (it is given the per-loss gradients); True selects.
-      alpha: α >= 0 (1.5 in the reference).
+      shared: which model parameters are W: a tree of bools with the structure of
+        the model's params (or a prefix of it), or a callable returning one from a
+        tree of that structure (it is given the per-loss gradients); True selects.
+        The bools must be concrete Python bools.
+      alpha: α >= 0 (1.5 in the reference; may be traced).
 
     Returns:
-      A :class:`GradNorm` of ``init`` and ``grads``. ``loss_fn(params)`` must return
-      the losses, shape (T,); ``logits`` is s, shape (T,) (start at zeros: w = 1).
+      A :class:`~yoto_jax.Weighting` with params ``{"gradnorm_logits": s}`` and a
+      :class:`GradNormState`.
 
     Example:
-      >>> import jax, jax.numpy as jnp
+      >>> import jax.numpy as jnp
       >>> from yoto_jax.baselines import gradnorm
-      >>> params = {"trunk": jnp.ones(3), "heads": jnp.array([1.0, 2.0])}
-      >>> def loss_fn(p):
+      >>> model = {"trunk": jnp.ones(3), "heads": jnp.array([1.0, 2.0])}
+      >>> def losses_fn(p):
       ...     feature = jnp.sum(p["trunk"])
       ...     return (p["heads"] * feature - jnp.array([1.0, 0.0])) ** 2
       >>> method = gradnorm(shared={"trunk": True, "heads": False})
-      >>> state = method.init(2)
-      >>> param_grads, logit_grad, state, losses = method.grads(
-      ...     loss_fn, params, jnp.zeros(2), state
-      ... )
+      >>> params, state = method.init(2)
+      >>> result = method.step(losses_fn, model, params, state)
+      >>> result.weights  # w = 2 softmax(0) at the first step
+      Array([1., 1.], dtype=float32)
+      >>> result.grads["gradnorm_logits"].shape
+      (2,)
 
     References:
       Chen, Badrinarayanan, Lee and Rabinovich, "GradNorm: Gradient Normalization for
@@ -173,21 +186,31 @@ def gradnorm(shared: Any | Callable[[Any], Any], alpha: float = DEFAULT_GRADNORM
     if shared is None:
         raise TypeError("shared must select the shared parameters W (a bool tree or a callable).")
 
-    def init_fn(num_losses: int) -> GradNormState:
+    def init(num_losses: int) -> tuple[dict[str, jax.Array], GradNormState]:
         num_losses = _checks.positive_int(num_losses, "num_losses")
-        return GradNormState(
+        params = {GRADNORM_KEY: jnp.zeros((num_losses,), jnp.float32)}
+        return params, GradNormState(
             initial_losses=jnp.ones((num_losses,), jnp.float32), count=jnp.zeros([], jnp.int32)
         )
 
-    def grads_fn(
-        loss_fn: Callable[[Any], jax.Array], params: Any, logits: ArrayLike, state: GradNormState
-    ) -> tuple[Any, jax.Array, GradNormState, jax.Array]:
-        raw_losses, vjp_fn = jax.vjp(loss_fn, params)
+    def weights(params: dict[str, jax.Array], state: GradNormState) -> jax.Array:
+        return _weights(params[GRADNORM_KEY])
+
+    def step(
+        losses_fn: LossesFn,
+        model_params: Params,
+        params: dict[str, jax.Array],
+        state: GradNormState,
+        *,
+        key: jax.Array | None = None,
+    ) -> WeightingStep:
+        del key
+        raw_losses, vjp_fn = jax.vjp(losses_fn, model_params)
         num_losses = state.initial_losses.shape[0]
         losses = jax.lax.stop_gradient(loss_vector(raw_losses, num_losses))
-        logits = loss_vector(logits, num_losses, what="logits")
-        weights = jax.lax.stop_gradient(gradnorm_weights(logits))
-        (param_grads,) = vjp_fn(weights.astype(raw_losses.dtype))
+        logits = loss_vector(params[GRADNORM_KEY], num_losses, what="logits")
+        applied = jax.lax.stop_gradient(_weights(logits))
+        (model_grads,) = vjp_fn(applied.astype(raw_losses.dtype))
         (per_loss_grads,) = jax.vmap(vjp_fn)(jnp.eye(num_losses, dtype=raw_losses.dtype))
         grad_norms = _shared_grad_norms(per_loss_grads, shared, num_losses)
         initial_losses = jnp.where(
@@ -199,6 +222,6 @@ def gradnorm(shared: Any | Callable[[Any], Any], alpha: float = DEFAULT_GRADNORM
         new_state = GradNormState(
             initial_losses=initial_losses, count=optax.safe_increment(state.count)
         )
-        return param_grads, logit_grad, new_state, losses
+        return WeightingStep(losses, applied, model_grads, {GRADNORM_KEY: logit_grad}, new_state)
 
-    return GradNorm(init_fn, grads_fn)
+    return Weighting(init, step, keep_state, weights, same_optimizer)

@@ -9,44 +9,13 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import loss_vector
+from yoto_jax.weighting import Weighting, loss_vector, objective_weighting
 
 UNCERTAINTY_KEY = "uncertainty_log_var"
-"""A suggested parameter name for s, e.g. ``{"model": ..., UNCERTAINTY_KEY: s}``."""
+"""The name of the log-variances s in the weighting's params."""
 
 DEFAULT_LOG_VAR_INIT = 0.0
 """Initial s = log σ² = 0 (σ = 1), as in the Nash-MTL and FAMO code; LibMTL uses -0.5."""
-
-
-def init_log_vars(
-    num_losses: int, init: float = DEFAULT_LOG_VAR_INIT, dtype=jnp.float32
-) -> jax.Array:
-    r"""Initial log-variances :math:`s = \log σ^2`, one per loss.
-
-    The default s = 0 (unit variance) is the neutral choice: every loss starts with
-    weight :math:`1 / (2e^0) = 1/2`, i.e. equal weights scaled by 1/2, and the
-    objective is not shifted; it is also the initialisation of the Nash-MTL and FAMO
-    benchmark code. LibMTL starts at s = -0.5 (weights ≈ 0.82); pass ``init=-0.5``
-    to reproduce it. Under Adam the constant scale of the initial weights hardly
-    matters; under SGD it scales the model's effective learning rate.
-
-    Args:
-      num_losses: the number T >= 1 of losses.
-      init: the initial value of every s_i, a finite number (or a traced scalar).
-      dtype: a floating dtype.
-
-    Returns:
-      An array of shape (T,). Put it in the parameter tree (e.g. under
-      :data:`UNCERTAINTY_KEY`) so the model's optimizer trains it, and keep it out
-      of weight decay.
-    """
-    num_losses = _checks.positive_int(num_losses, "num_losses")
-    value = _checks.concrete_float(init)
-    if value is not None and not math.isfinite(value):
-        raise ValueError(f"init must be a finite number, got {value}.")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype must be a floating dtype, got {jnp.dtype(dtype)}.")
-    return jnp.full((num_losses,), init, dtype)
 
 
 def _aligned(log_vars: ArrayLike, losses: ArrayLike) -> tuple[jax.Array, jax.Array]:
@@ -57,7 +26,7 @@ def _aligned(log_vars: ArrayLike, losses: ArrayLike) -> tuple[jax.Array, jax.Arr
 
 
 def uncertainty_loss(log_vars: ArrayLike, losses: ArrayLike) -> jax.Array:
-    r"""Kendall et al.'s uncertainty-weighted loss, to minimise over the model and s.
+    r"""Kendall et al.'s uncertainty-weighted loss, minimised over the model and s.
 
     .. math::
         L = \sum_i \frac{l_i}{2 e^{s_i}} + \frac{s_i}{2},
@@ -66,23 +35,21 @@ def uncertainty_loss(log_vars: ArrayLike, losses: ArrayLike) -> jax.Array:
     so for a constant loss the optimum is :math:`s_i = \log l_i`: a task's weight
     :math:`1/(2e^{s_i})` falls as its loss (its homoscedastic noise) grows. The same
     formula is used for every loss (the paper's regression form; its classification
-    form differs by constants, as in the LibMTL and Nash-MTL code).
+    form differs by constants, as in the LibMTL and Nash-MTL code). This is the
+    objective of :func:`uncertainty`.
 
     Args:
-      log_vars: s, shape (T,), a parameter trained by the model's optimizer.
+      log_vars: s, shape (T,).
       losses: the scalar losses, shape (T,).
 
     Returns:
       The scalar loss, float32 or wider.
 
     Example:
-      >>> import jax, jax.numpy as jnp
-      >>> from yoto_jax.baselines import UNCERTAINTY_KEY, init_log_vars, uncertainty_loss
-      >>> params = {"model": jnp.ones(3), UNCERTAINTY_KEY: init_log_vars(2)}
-      >>> def loss_fn(params):
-      ...     losses = jnp.stack([jnp.sum(params["model"] ** 2), jnp.sum(params["model"])])
-      ...     return uncertainty_loss(params[UNCERTAINTY_KEY], losses)
-      >>> grads = jax.grad(loss_fn)(params)  # one optimizer steps both
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import uncertainty_loss
+      >>> uncertainty_loss(jnp.zeros(2), jnp.array([1.0, 3.0]))  # (1 + 3) / 2
+      Array(2., dtype=float32)
 
     References:
       Kendall, Gal and Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses
@@ -92,14 +59,62 @@ def uncertainty_loss(log_vars: ArrayLike, losses: ArrayLike) -> jax.Array:
     return jnp.sum(0.5 * jnp.exp(-log_vars) * losses + 0.5 * log_vars)
 
 
-def uncertainty_weights(log_vars: ArrayLike) -> jax.Array:
-    r"""The weights :math:`1 / (2 e^{s_i})` that uncertainty weighting puts on the losses.
+def uncertainty(log_var_init: float = DEFAULT_LOG_VAR_INIT) -> Weighting:
+    r"""Uncertainty weighting: learnt log-variances s weigh the losses by :math:`1/(2e^{s_i})`.
+
+    The model and s descend :func:`uncertainty_loss`,
+
+    .. math::
+        L = \sum_i \frac{l_i}{2 e^{s_i}} + \frac{s_i}{2},
+
+    with the model's own optimizer (``weighting.optimizer(tx)`` is ``tx``): s is a
+    param, ``{"uncertainty_log_var": s}``, trained together with the model from
+    ``result.grads``; there is no state. The weights are :math:`λ_i = 1/(2e^{s_i})`.
+
+    The default s = 0 (unit variance) is the neutral choice: every loss starts with
+    weight 1/2, i.e. equal weights scaled by 1/2, and the objective is not shifted;
+    it is also the initialisation of the Nash-MTL and FAMO benchmark code. LibMTL
+    starts at s = -0.5 (weights ≈ 0.82): ``uncertainty(log_var_init=-0.5)``. Under
+    Adam the constant scale of the initial weights hardly matters; under SGD it
+    scales the model's effective learning rate. Keep s out of weight decay.
 
     Args:
-      log_vars: s, shape (T,).
+      log_var_init: the initial value of every s_i, a finite number (may be traced).
 
     Returns:
-      An array of shape (T,), float32 or wider (for logging; no gradient is stopped).
+      A :class:`~yoto_jax.Weighting` with params ``{"uncertainty_log_var": s}``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import uncertainty
+      >>> method = uncertainty()
+      >>> params, state = method.init(2)
+      >>> losses_fn = lambda w: jnp.array([w**2, 3.0 * w])
+      >>> result = method.step(losses_fn, 1.0, params, state)
+      >>> result.weights  # 1 / (2 e^0)
+      Array([0.5, 0.5], dtype=float32)
+      >>> result.grads  # ∂L/∂s = 1/2 - l / 2
+      {'uncertainty_log_var': Array([ 0., -1.], dtype=float32)}
+
+    References:
+      Kendall, Gal and Cipolla, "Multi-Task Learning Using Uncertainty to Weigh Losses
+      for Scene Geometry and Semantics", CVPR 2018, Eq. (7).
     """
-    log_vars = loss_vector(log_vars, what="log_vars")
-    return 0.5 * jnp.exp(-log_vars)
+    value = _checks.concrete_float(log_var_init)
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"log_var_init must be a finite number, got {value}.")
+
+    def init(num_losses: int) -> tuple[dict[str, jax.Array], tuple]:
+        num_losses = _checks.positive_int(num_losses, "num_losses")
+        return {UNCERTAINTY_KEY: jnp.full((num_losses,), log_var_init, jnp.float32)}, ()
+
+    def weights(params: dict[str, jax.Array], state: tuple) -> jax.Array:
+        return 0.5 * jnp.exp(-loss_vector(params[UNCERTAINTY_KEY], what="log_vars"))
+
+    def applied(params, state, losses, key) -> jax.Array:
+        return weights(params, state)
+
+    def objective(params, state, losses, key) -> jax.Array:
+        return uncertainty_loss(params[UNCERTAINTY_KEY], losses)
+
+    return objective_weighting(init, objective, applied, weights)
