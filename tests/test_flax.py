@@ -166,3 +166,105 @@ def test_modules_check_loss_names():
         LinenLossWeights("depth", ("seg",), eps=0.0).init(
             jax.random.key(0), {"depth": 1.0, "seg": 1.0}
         )
+
+
+# Any weighting in an NNX model: yoto_jax.nnx.train_step --------------------------------
+
+
+def nnx_methods():
+    """One factory per kind: objective-based with params (YOTO, uncertainty), with state
+    (DWA), random (RLW), re-evaluating after the step (FAMO), gradient-norm (GradNorm) and
+    gradient manipulation (MGDA)."""
+    trunk = lambda params: jax.tree.map(lambda _: True, params)  # noqa: E731
+    return {
+        "yoto": lambda: yoto_jax.yoto(EPS),
+        "uncertainty": yoto_jax.baselines.uncertainty,
+        "dwa": lambda: yoto_jax.baselines.dwa(3),
+        "rlw": yoto_jax.baselines.rlw,
+        "famo": yoto_jax.baselines.famo,
+        "gradnorm": lambda: yoto_jax.baselines.gradnorm(trunk),
+        "mgda": lambda: yoto_jax.baselines.mgda(trunk),
+    }
+
+
+class Swappable(nnx.Module):
+    def __init__(self, weighting):
+        self.body = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
+        self.loss_weights = LossWeights("primary", ["auxiliary"], weighting=weighting)
+
+    def losses(self, x, primary, auxiliary):
+        return TwoHeads.losses(self, x, primary, auxiliary)
+
+
+@pytest.mark.parametrize("name", list(nnx_methods()))
+def test_nnx_train_step_equals_the_functional_trainer(name):
+    """Every weighting swaps into the same NNX loop by one argument, and the NNX step is
+    ``yoto_jax.trainer``'s step on the model's params: the same losses, weights and
+    parameters after 5 steps, and the weighting's own params trained."""
+    batch = two_target_data()
+    make = nnx_methods()[name]
+    model = Swappable(make())
+    tx = optax.adam(0.05)
+    optimizer = nnx.Optimizer(model, model.loss_weights.optimizer(tx), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, key):
+        return yoto_jax.nnx.train_step(
+            model, optimizer, model.loss_weights, lambda m: m.losses(*batch), key=key
+        )
+
+    graphdef, body = nnx.split(Swappable(make()).body)
+    train = yoto_jax.trainer(make(), tx)
+    state = train.init(body, 2)
+
+    def vector(body_params):
+        named = Swappable.losses(_Body(nnx.merge(graphdef, body_params)), *batch)
+        return jnp.stack([named["primary"], named["auxiliary"]])
+
+    functional_step = jax.jit(lambda state, key: train.step(state, vector, key))
+    for i in range(5):
+        key = jax.random.key(i)
+        losses, weights = step(model, optimizer, key)
+        state, log = functional_step(state, key)
+        assert list(losses) == list(weights) == ["primary", "auxiliary"]
+        np.testing.assert_allclose(list(losses.values()), log.losses, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(list(weights.values()), log.weights, rtol=1e-5, atol=1e-7)
+    for got, expected in zip(
+        jax.tree.leaves(nnx.state(model.body, nnx.Param)), jax.tree.leaves(state.params["model"])
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    for param_name, value in state.params["weighting"].items():
+        np.testing.assert_allclose(getattr(model.loss_weights, param_name)[...], value, rtol=1e-5)
+    np.testing.assert_allclose(
+        list(model.loss_weights.weights().values()), train.weights(state), rtol=1e-5
+    )
+
+
+class _Body:
+    """The ``body`` attribute the losses read, around a merged ``nnx.Linear``."""
+
+    def __init__(self, body):
+        self.body = body
+
+
+def test_nnx_weights_follow_the_names_order_and_modules_are_attributes():
+    weights = LossWeights("z_primary", ["b", "a"], eps=EPS, primary_floor=0.0)
+    assert list(weights.weights()) == ["z_primary", "b", "a"] == list(weights.names)
+    np.testing.assert_allclose(
+        list(weights.weights().values()), yoto_jax.loss_weights(weights.mu), rtol=1e-6
+    )
+    assert yoto_jax.nnx.LossWeights is LossWeights
+    assert yoto_jax.linen.LossWeights is LinenLossWeights
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        yoto_jax.nope  # noqa: B018
+
+
+def test_nnx_train_step_rejects_a_foreign_loss_weights_and_non_yoto_call():
+    model = Swappable(yoto_jax.baselines.equal_weighting())
+    optimizer = nnx.Optimizer(model, optax.adam(0.1), wrt=nnx.Param)
+    stray = LossWeights("primary", ["auxiliary"])
+    batch = two_target_data()
+    with pytest.raises(ValueError, match="submodule of model"):
+        yoto_jax.nnx.train_step(model, optimizer, stray, lambda m: m.losses(*batch))
+    with pytest.raises(TypeError, match="train_step"):
+        model.loss_weights({"primary": 1.0, "auxiliary": 2.0})

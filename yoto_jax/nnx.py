@@ -25,6 +25,22 @@ from yoto_jax.weighting import Weighting
 from yoto_jax.yoto_weighting import yoto
 
 
+@jax.tree_util.register_pytree_with_keys_class
+class ByName(dict):
+    """A dict of arrays by loss name that keeps its order through ``jax.jit`` and other
+    transformations (a plain dict comes out of them with its keys sorted)."""
+
+    def tree_flatten_with_keys(self) -> tuple[list, tuple[str, ...]]:
+        return [(jax.tree_util.DictKey(name), value) for name, value in self.items()], tuple(self)
+
+    def tree_flatten(self) -> tuple[list, tuple[str, ...]]:
+        return list(self.values()), tuple(self)
+
+    @classmethod
+    def tree_unflatten(cls, names: tuple[str, ...], values: list) -> ByName:
+        return cls(zip(names, values))
+
+
 class WeightingParam(nnx.Param):
     """An ``nnx.Param`` holding a weighting's learnable array, so filters can tell it from
     the model's weights. ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` includes it."""
@@ -131,11 +147,11 @@ class LossWeights(nnx.Module):
         """A dict of scalar losses as the (T,) vector in the order of ``names``."""
         return ordered_losses(losses, self.primary, self.auxiliary)
 
-    def named(self, vector: jax.Array) -> dict[str, jax.Array]:
-        """A (T,) vector as a dict in the order of ``names``."""
-        return dict(zip(self.names, vector))
+    def named(self, vector: jax.Array) -> ByName:
+        """A (T,) vector as a dict in the order of ``names`` (kept through ``jax.jit``)."""
+        return ByName(zip(self.names, vector))
 
-    def weights(self) -> dict[str, jax.Array]:
+    def weights(self) -> ByName:
         """The current weights by loss name, for logging (the weighting's convention,
         see :mod:`yoto_jax.weighting`)."""
         return self.named(self.weighting.weights(self.params, self.state.get_value()))
@@ -160,7 +176,7 @@ def train_step(
     losses_fn: Callable[[nnx.Module], Mapping[str, jax.Array]],
     *,
     key: jax.Array | None = None,
-) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+) -> tuple[ByName, ByName]:
     """One training step of ``model`` with the weighting of its ``loss_weights``.
 
     The NNX form of :func:`yoto_jax.trainer`'s step: the weighting's gradients for the

@@ -1,87 +1,66 @@
-"""Established loss-weighting baselines, in the functional style of the core library.
+"""Established loss-weighting baselines, each behind the one weighting contract.
 
-* :func:`equal_weighting` (EW), :func:`dwa` (DWA), :func:`rlw` (RLW) and :func:`famo`
-  (FAMO) set constant weights λ from loss statistics: each is a :class:`LossWeighting`
-  of ``init``, ``weights`` and ``update``, and the model minimises
-  ``weighted_loss(λ, losses)``.
-* Uncertainty weighting learns log-variances s with the model's optimizer:
-  :func:`init_log_vars` and :func:`uncertainty_loss`.
-* GradNorm learns logits s from gradient norms of the shared parameters:
-  :func:`gradnorm` returns the model's and the logits' gradients in one call.
-* Gradient manipulation, :func:`pcgrad`, :func:`mgda` and :func:`cagrad`: Optax
-  transformations from per-loss gradients (``jax.jacrev`` of the loss vector) to one
-  update.
+Every method is a factory returning a :class:`yoto_jax.Weighting` (see
+:mod:`yoto_jax.weighting`): ``init(num_losses) -> (params, state)``,
+``step(losses_fn, model_params, params, state, *, key=None)``, ``after_update``,
+``weights(params, state)`` and ``optimizer(tx)``, so :func:`yoto_jax.trainer` runs
+any of them, and YOTO, with the same training step::
 
-Losses are a vector of shape (T,), one reduced scalar per task (``jnp.stack`` them in
-a fixed order).
+    train = yoto_jax.trainer(baselines.dwa(steps_per_epoch=100), optax.adam(1e-3))
+
+* From loss statistics, no learnable params: :func:`equal_weighting` (EW),
+  :func:`dwa` (DWA, its loss statistics in :class:`DWAState`), :func:`rlw` (RLW, its
+  weights drawn from the step's key) and :func:`famo` (FAMO, its logits and their
+  Adam in :class:`FAMOState`, updated in ``after_update`` from the losses after the
+  model's step).
+* With learnable params trained by the model's optimizer: :func:`uncertainty`
+  (log-variances; the objective is :func:`uncertainty_loss`) and :func:`gradnorm`
+  (logits learnt on :func:`gradnorm_balance_loss` over the shared parameters; the
+  first losses in :class:`GradNormState`).
+* Gradient manipulation from the per-loss gradients: :func:`pcgrad`, :func:`mgda`
+  and :func:`cagrad`, also available as Optax transformations
+  (``pcgrad_transformation`` etc.) whose ``update`` takes the per-loss gradients as
+  the extra argument ``per_loss_grads=``.
+
+``losses_fn(model_params)`` returns the losses as a vector of shape (T,), one reduced
+scalar per task (``jnp.stack`` them in a fixed order, the primary first).
 """
 
-from yoto_jax.baselines._common import LossWeighting, weighted_loss
-from yoto_jax.baselines.dwa import DEFAULT_DWA_TEMPERATURE, DWAState, dwa
+from yoto_jax.baselines.dwa import DWAState, dwa
 from yoto_jax.baselines.ew import equal_weighting
-from yoto_jax.baselines.famo import (
-    DEFAULT_FAMO_LEARNING_RATE,
-    DEFAULT_FAMO_WEIGHT_DECAY,
-    FAMOState,
-    famo,
-)
-from yoto_jax.baselines.gradnorm import (
-    DEFAULT_GRADNORM_ALPHA,
-    GRADNORM_KEY,
-    GradNorm,
-    GradNormState,
-    gradnorm,
-    gradnorm_balance_loss,
-    gradnorm_weights,
-)
+from yoto_jax.baselines.famo import FAMOState, famo
+from yoto_jax.baselines.gradnorm import GradNormState, gradnorm, gradnorm_balance_loss
 from yoto_jax.baselines.manipulation import (
-    DEFAULT_CAGRAD_C,
-    DEFAULT_SOLVER_ITERATIONS,
     PCGradState,
     cagrad,
+    cagrad_transformation,
     mgda,
+    mgda_transformation,
     min_norm_weights,
     pcgrad,
+    pcgrad_transformation,
 )
-from yoto_jax.baselines.rlw import RLWState, rlw
-from yoto_jax.baselines.uncertainty import (
-    DEFAULT_LOG_VAR_INIT,
-    UNCERTAINTY_KEY,
-    init_log_vars,
-    uncertainty_loss,
-    uncertainty_weights,
-)
+from yoto_jax.baselines.rlw import rlw
+from yoto_jax.baselines.uncertainty import uncertainty, uncertainty_loss
 
 __all__ = [
-    "DEFAULT_CAGRAD_C",
-    "DEFAULT_DWA_TEMPERATURE",
-    "DEFAULT_FAMO_LEARNING_RATE",
-    "DEFAULT_FAMO_WEIGHT_DECAY",
-    "DEFAULT_GRADNORM_ALPHA",
-    "DEFAULT_LOG_VAR_INIT",
-    "DEFAULT_SOLVER_ITERATIONS",
-    "GRADNORM_KEY",
-    "UNCERTAINTY_KEY",
     "DWAState",
     "FAMOState",
-    "GradNorm",
     "GradNormState",
-    "LossWeighting",
     "PCGradState",
-    "RLWState",
     "cagrad",
+    "cagrad_transformation",
     "dwa",
     "equal_weighting",
     "famo",
     "gradnorm",
     "gradnorm_balance_loss",
-    "gradnorm_weights",
-    "init_log_vars",
     "mgda",
+    "mgda_transformation",
     "min_norm_weights",
     "pcgrad",
+    "pcgrad_transformation",
     "rlw",
+    "uncertainty",
     "uncertainty_loss",
-    "uncertainty_weights",
-    "weighted_loss",
 ]

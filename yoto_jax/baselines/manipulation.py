@@ -1,15 +1,28 @@
-"""Gradient-manipulation baselines (PCGrad, MGDA, CAGrad) as Optax transformations.
+r"""Gradient-manipulation baselines (PCGrad, MGDA, CAGrad): Optax transformations and weightings.
 
-Their input is the per-loss gradients: a tree like the params whose leaves carry a
-leading axis of size T, e.g. ``jax.jacrev(losses_fn)(params)`` for ``losses_fn``
-returning shape (T,). On the shared parameters (selected by ``shared``) the T
-gradients are combined as the method says; every other leaf (task-specific
-parameters, which get a gradient from their own loss only) gets the plain sum
-over the T gradients, as in LibMTL. The output has the params' shapes, so the
-transformation goes first in an ``optax.chain`` before the model's optimizer::
+These methods combine the T per-loss gradients of the shared parameters rather than
+weighting the losses. Each comes twice:
 
-    tx = optax.chain(pcgrad(shared=mask), optax.adam(1e-3))
-    updates, state = tx.update(jax.jacrev(losses_fn)(params), state, params)
+* as an Optax transformation, ``pcgrad_transformation``, ``mgda_transformation`` and
+  ``cagrad_transformation``, with params-shaped updates as Optax expects: ``updates``
+  is the gradient of the summed loss, and the per-loss gradients
+  ``jax.jacrev(losses_fn)(params)`` (a tree like the params whose leaves carry a
+  leading axis of size T) come as the extra argument ``per_loss_grads``. On the
+  shared parameters (selected by ``shared``) the T gradients are combined as the
+  method says; every other leaf (task-specific parameters, which get a gradient from
+  their own loss only) keeps ``updates``, the plain sum over the T gradients, as in
+  LibMTL. The transformation goes first in an ``optax.chain``, which forwards the
+  extra argument::
+
+      tx = optax.chain(pcgrad_transformation(shared=mask), optax.adam(1e-3))
+      per_loss_grads = jax.jacrev(losses_fn)(params)
+      grads = jax.tree.map(lambda g: g.sum(0), per_loss_grads)
+      updates, state = tx.update(grads, state, params, per_loss_grads=per_loss_grads)
+
+* as a :class:`~yoto_jax.Weighting` of the library's contract, :func:`pcgrad`,
+  :func:`mgda` and :func:`cagrad`, for :func:`yoto_jax.trainer`: its ``step`` takes
+  the per-loss gradients with one ``jax.jacrev`` (T backward passes) and applies the
+  transformation. The weights they report are ones: there are no loss weights.
 
 Every product of gradients inside the solvers (the Gram matrix gᵢ·gⱼ, PCGrad's dot
 products, the solvers' T-vector products and the combinations Σ αᵢ gᵢ) runs at
@@ -27,10 +40,21 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import prng_key, selected_leaves
+from yoto_jax.baselines._common import NumLosses, prng_key, selected_leaves
+from yoto_jax.weighting import (
+    LossesFn,
+    Params,
+    Weighting,
+    WeightingStep,
+    keep_state,
+    loss_vector,
+    require_key,
+    same_optimizer,
+)
 
 DEFAULT_SOLVER_ITERATIONS = 250
 """Iterations of the simplex solvers of MGDA and CAGrad (MGDA's reference MAX_ITER)."""
@@ -54,10 +78,54 @@ def _gram(grads: jax.Array) -> jax.Array:
     return _dot(grads, grads.T)
 
 
-def _per_loss_transformation(
-    shared: Any, init_state: Callable[[], Any], combine: Combine
-) -> optax.GradientTransformation:
-    """Applies ``combine((T, n) matrix of shared gradients, state)`` over the shared leaves."""
+def _per_loss_leaves(
+    name: str, updates: optax.Updates, per_loss_grads: Any
+) -> tuple[list[jax.Array], list[jax.Array], Any]:
+    """The leaves of ``updates`` and of ``per_loss_grads``, checked against each other."""
+    if per_loss_grads is None:
+        raise TypeError(
+            f"{name}'s update needs the per-loss gradients: call "
+            "tx.update(updates, state, params, per_loss_grads=jax.jacrev(losses_fn)(params)), "
+            "with updates the gradient of the summed loss."
+        )
+    leaves, treedef = jax.tree.flatten(updates)
+    per_loss_treedef = jax.tree.structure(per_loss_grads)
+    if per_loss_treedef != treedef:
+        raise ValueError(
+            f"per_loss_grads must have the structure of updates (the params'), with a leading "
+            f"axis of size T on every leaf; got {per_loss_treedef} for updates {treedef}."
+        )
+    paths = [
+        jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(updates)[0]
+    ]
+    leaves = [_checks.floating_array(leaf, f"updates{path}") for leaf, path in zip(leaves, paths)]
+    per_loss = [
+        _checks.floating_array(leaf, f"per_loss_grads{path}")
+        for leaf, path in zip(jax.tree.leaves(per_loss_grads), paths)
+    ]
+    sizes = set()
+    for leaf, grads, path in zip(leaves, per_loss, paths):
+        if grads.ndim != leaf.ndim + 1 or grads.shape[1:] != leaf.shape:
+            raise ValueError(
+                "per_loss_grads must hold per-loss gradients, every leaf of shape (T, *the "
+                "update's shape) with the same leading axis of size T (jax.jacrev of the loss "
+                f"vector); per_loss_grads{path} has shape {grads.shape} for an update of shape "
+                f"{leaf.shape}."
+            )
+        sizes.add(grads.shape[0])
+    if len(sizes) != 1:
+        raise ValueError(
+            "per_loss_grads must hold per-loss gradients, every leaf with the same leading axis "
+            f"of size T (jax.jacrev of the loss vector); got leading sizes {sorted(sizes)}."
+        )
+    return leaves, per_loss, treedef
+
+
+def _manipulation(
+    name: str, shared: Any, init_state: Callable[[], Any], combine: Combine
+) -> optax.GradientTransformationExtraArgs:
+    """The transformation that applies ``combine((T, n) matrix of the shared per-loss
+    gradients, state) -> ((n,) update, state)`` over the shared leaves."""
     if shared is None:
         raise TypeError("shared must select the shared parameters (a bool tree or a callable).")
 
@@ -65,33 +133,71 @@ def _per_loss_transformation(
         del params
         return init_state()
 
-    def update_fn(updates: optax.Updates, state: Any, params: optax.Params | None = None):
-        del params
-        leaves, treedef = jax.tree.flatten(updates)
+    def update_fn(
+        updates: optax.Updates,
+        state: Any,
+        params: optax.Params | None = None,
+        *,
+        per_loss_grads: Any = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, Any]:
+        del params, extra_args
+        leaves, per_loss, treedef = _per_loss_leaves(name, updates, per_loss_grads)
         flags = selected_leaves(shared, updates)
-        leaves = [_checks.floating_array(leaf, "per-loss gradient") for leaf in leaves]
-        shapes = {leaf.shape[:1] for leaf in leaves}
-        if len(shapes) != 1 or () in shapes:
-            raise ValueError(
-                "expected per-loss gradients, every leaf with the same leading axis of size T "
-                f"(e.g. jax.jacrev of the loss vector); got leading shapes {sorted(shapes)}."
-            )
-        num_losses = leaves[0].shape[0]
-        shared_leaves = [leaf for leaf, flag in zip(leaves, flags) if flag]
-        dtype = _checks.compute_dtype(*shared_leaves)
+        num_losses = per_loss[0].shape[0]
+        shared_grads = [grads for grads, flag in zip(per_loss, flags) if flag]
+        dtype = _checks.compute_dtype(*shared_grads)
         matrix = jnp.concatenate(
-            [leaf.reshape(num_losses, -1).astype(dtype) for leaf in shared_leaves], axis=1
+            [grads.reshape(num_losses, -1).astype(dtype) for grads in shared_grads], axis=1
         )
         combined, state = combine(matrix, state)
-        sizes = [math.prod(leaf.shape[1:]) for leaf in shared_leaves]
+        sizes = [math.prod(grads.shape[1:]) for grads in shared_grads]
         parts = iter(jnp.split(combined, list(itertools.accumulate(sizes))[:-1]))
         out = [
-            next(parts).reshape(leaf.shape[1:]).astype(leaf.dtype) if flag else jnp.sum(leaf, 0)
+            next(parts).reshape(leaf.shape).astype(leaf.dtype) if flag else leaf
             for leaf, flag in zip(leaves, flags)
         ]
         return jax.tree.unflatten(treedef, out), state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _manipulation_weighting(
+    transformation: optax.GradientTransformationExtraArgs,
+    transformation_state: Callable[[jax.Array | None], Any],
+) -> Weighting:
+    """The :class:`~yoto_jax.Weighting` that applies ``transformation`` to the per-loss
+    gradients of each step, its state built by ``transformation_state(key)``."""
+
+    def init(num_losses: int) -> tuple[dict[str, jax.Array], NumLosses]:
+        return {}, NumLosses(_checks.positive_int(num_losses, "num_losses"))
+
+    def step(
+        losses_fn: LossesFn,
+        model_params: Params,
+        params: dict[str, jax.Array],
+        state: NumLosses,
+        *,
+        key: jax.Array | None = None,
+    ) -> WeightingStep:
+        tx_state = transformation_state(key)
+
+        def with_losses(model_params: Params) -> tuple[jax.Array, jax.Array]:
+            losses = loss_vector(losses_fn(model_params), state.num_losses)
+            return losses, losses
+
+        per_loss_grads, losses = jax.jacrev(with_losses, has_aux=True)(model_params)
+        updates = jax.tree.map(lambda g: jnp.sum(g, 0), per_loss_grads)
+        model_grads, _ = transformation.update(
+            updates, tx_state, model_params, per_loss_grads=per_loss_grads
+        )
+        losses = jax.lax.stop_gradient(losses)
+        return WeightingStep(losses, jnp.ones_like(losses), model_grads, {}, state)
+
+    def weights(params: dict[str, jax.Array], state: NumLosses) -> jax.Array:
+        return jnp.ones((state.num_losses,), jnp.float32)
+
+    return Weighting(init, step, keep_state, weights, same_optimizer)
 
 
 class PCGradState(NamedTuple):
@@ -119,13 +225,16 @@ def _pcgrad_combine(grads: jax.Array, state: PCGradState) -> tuple[jax.Array, PC
     return jnp.sum(projected, axis=0), PCGradState(next_key)
 
 
-def pcgrad(shared: Any, seed: int | jax.Array = 0) -> optax.GradientTransformation:
+def pcgrad_transformation(
+    shared: Any, seed: int | jax.Array = 0
+) -> optax.GradientTransformationExtraArgs:
     r"""PCGrad: project each task's gradient off the gradients it conflicts with, then sum.
 
     For each task i, starting from :math:`g_i' = g_i`, for every other task j in a
     random order: if :math:`g_i' \cdot g_j < 0`, then
     :math:`g_i' \leftarrow g_i' - \frac{g_i' \cdot g_j}{\lVert g_j \rVert^2} g_j`.
-    The update of the shared parameters is :math:`\sum_i g_i'`.
+    The update of the shared parameters is :math:`\sum_i g_i'`; the other leaves keep
+    ``updates``, the sum :math:`\sum_i g_i`.
 
     The order is drawn anew for every task and step from the state's key. As in the
     paper's Algorithm 1, j runs over the other tasks; the reference codes also
@@ -134,19 +243,23 @@ def pcgrad(shared: Any, seed: int | jax.Array = 0) -> optax.GradientTransformati
 
     Args:
       shared: which leaves are shared: a bool tree like the params (or a prefix), or
-        a callable returning one from the per-loss gradient tree.
+        a callable returning one from a tree with the params' structure.
       seed: an int seed or a PRNG key for the random orders.
 
     Returns:
-      An ``optax.GradientTransformation`` from per-loss gradients (leading axis T)
-      to one update of the params' shapes.
+      An ``optax.GradientTransformationExtraArgs`` whose
+      ``update(updates, state, params=None, *, per_loss_grads)`` maps the summed
+      loss's gradient ``updates`` and the per-loss gradients (leading axis T) to an
+      update of the params' shapes.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
-      >>> from yoto_jax.baselines import pcgrad
-      >>> per_loss = {"w": jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # T = 2
-      >>> tx = pcgrad(shared=True)
-      >>> tx.update(per_loss, tx.init({"w": jnp.zeros(2)}))[0]["w"]
+      >>> from yoto_jax.baselines import pcgrad_transformation
+      >>> per_loss_grads = {"w": jnp.array([[1.0, 0.0], [-1.0, 1.0]])}  # T = 2
+      >>> grads = jax.tree.map(lambda g: g.sum(0), per_loss_grads)
+      >>> tx = pcgrad_transformation(shared=True)
+      >>> state = tx.init({"w": jnp.zeros(2)})
+      >>> tx.update(grads, state, per_loss_grads=per_loss_grads)[0]["w"]
       Array([0.5, 1.5], dtype=float32)
 
     References:
@@ -154,7 +267,41 @@ def pcgrad(shared: Any, seed: int | jax.Array = 0) -> optax.GradientTransformati
       Learning", NeurIPS 2020, Alg. 1.
     """
     key = prng_key(seed)
-    return _per_loss_transformation(shared, lambda: PCGradState(key), _pcgrad_combine)
+    return _manipulation("pcgrad_transformation", shared, lambda: PCGradState(key), _pcgrad_combine)
+
+
+def pcgrad(shared: Any) -> Weighting:
+    r"""PCGrad as a :class:`~yoto_jax.Weighting`: :func:`pcgrad_transformation` on
+    each step's per-loss gradients.
+
+    The random task orders come from the step's ``key`` (required: one new key per
+    step). The weighting has no params and no arrays in its state; its weights are
+    ones (PCGrad combines gradients, not losses).
+
+    Args:
+      shared: which leaves of the model's params are shared: a bool tree like them
+        (or a prefix), or a callable returning one from a tree of their structure.
+
+    Returns:
+      A :class:`~yoto_jax.Weighting`.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from yoto_jax.baselines import pcgrad
+      >>> weighting = pcgrad(shared=True)
+      >>> params, state = weighting.init(2)
+      >>> losses_fn = lambda w: jnp.stack([w @ jnp.array([1.0, 0.0]), w @ jnp.array([-1.0, 1.0])])
+      >>> result = weighting.step(losses_fn, jnp.zeros(2), params, state, key=jax.random.key(0))
+      >>> result.model_grads, result.weights
+      (Array([0.5, 1.5], dtype=float32), Array([1., 1.], dtype=float32))
+
+    References:
+      Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
+    """
+    transformation = pcgrad_transformation(shared)
+    return _manipulation_weighting(
+        transformation, lambda key: PCGradState(require_key(key, "PCGrad"))
+    )
 
 
 def _project_to_simplex(x: jax.Array) -> jax.Array:
@@ -172,10 +319,10 @@ def _minimise_on_simplex(
     value_fn: Callable[[jax.Array], jax.Array],
     grad_fn: Callable[[jax.Array], jax.Array],
     lipschitz: jax.Array,
-    num_losses: int,
+    start: jax.Array,
     iterations: int,
 ) -> jax.Array:
-    """Minimises a convex function of Gram-matrix scale over the simplex from uniform weights.
+    """Minimises a convex function of Gram-matrix scale over the simplex from ``start``.
 
     Accelerated projected gradient (FISTA, Beck and Teboulle 2009) with backtracking
     (the step's curvature L, from ``lipschitz``, is doubled until the quadratic upper
@@ -184,7 +331,6 @@ def _minimise_on_simplex(
     step).
     """
     dtype = lipschitz.dtype
-    start = jnp.full((num_losses,), 1.0 / num_losses, dtype)
     # Float error in the values is about eps x the Gram matrix's scale (∝ lipschitz):
     # tolerated, so that rounding alone never shrinks the step.
     slack = 64 * jnp.finfo(dtype).eps * lipschitz
@@ -213,16 +359,45 @@ def _minimise_on_simplex(
         t = jnp.where(restart, 1.0, new_t)
         return new, new + momentum * (new - alpha), t, curvature
 
+    start = start.astype(dtype)
     carry = (start, start, jnp.ones((), dtype), lipschitz)
     return jax.lax.fori_loop(0, iterations, body, carry)[0]
+
+
+def _best_pair(gram: jax.Array) -> jax.Array:
+    r"""The min-norm point of the best pair of gradients, as weights on the simplex.
+
+    For each pair (i, j), the closed-form minimiser of
+    :math:`\lVert γ g_i + (1 - γ) g_j \rVert^2` over γ in [0, 1] (Sener and Koltun's
+    ``_min_norm_2d``, with the vertices exactly 1 and 0 instead of 0.999 and 0.001);
+    the pair of the smallest norm gives α. One gradient alone: α = 1.
+    """
+    num_losses = gram.shape[0]
+    if num_losses == 1:
+        return jnp.ones((1,), gram.dtype)
+    first, second = (jnp.asarray(index) for index in np.triu_indices(num_losses, 1))
+    ii, jj, ij = gram[first, first], gram[second, second], gram[first, second]
+    at_i, at_j = ij >= ii, ij >= jj  # the segment's min-norm point is a vertex
+    interior = ~at_i & ~at_j  # then ii + jj - 2 ij > 0
+    gamma = (jj - ij) / jnp.where(interior, ii + jj - 2.0 * ij, 1.0)
+    gamma = jnp.where(at_i, 1.0, jnp.where(at_j, 0.0, gamma))
+    cost = jnp.where(at_i, ii, jnp.where(at_j, jj, jj + gamma * (ij - jj)))
+    best = jnp.argmin(cost)
+    alpha = jnp.zeros((num_losses,), gram.dtype).at[first[best]].add(gamma[best])
+    return alpha.at[second[best]].add(1.0 - gamma[best])
 
 
 def min_norm_weights(gram: jax.Array, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> jax.Array:
     r"""The α on the simplex minimising :math:`\lVert \sum_i α_i g_i \rVert^2 = α^\top M α`.
 
     Solved on the Gram matrix :math:`M = G G^\top` by accelerated projected gradient
-    with backtracking, from uniform weights, a fixed number of iterations: 250 reach
-    float32 precision on random problems with T <= 8 (the tests check it).
+    with backtracking, a fixed number of iterations, from the best pair's closed-form
+    solution (as Sener and Koltun's solver starts): for each pair (i, j) the min-norm
+    point of the segment :math:`[g_i, g_j]`, and of those the smallest. The start
+    makes badly scaled gradients (norms 1e3, 1e-2 and 1, nearly parallel) exact,
+    where projected gradient steps of size 1/L, L set by the largest gradient, barely
+    move the weights of the small ones. 250 iterations reach float32 precision on
+    random problems with T <= 8 (the tests check both).
 
     Args:
       gram: M, shape (T, T), symmetric positive semi-definite.
@@ -230,6 +405,17 @@ def min_norm_weights(gram: jax.Array, iterations: int = DEFAULT_SOLVER_ITERATION
 
     Returns:
       α, shape (T,).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import min_norm_weights
+      >>> grads = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+      >>> min_norm_weights(grads @ grads.T)
+      Array([0.5, 0.5], dtype=float32)
+
+    References:
+      Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization",
+      NeurIPS 2018 (``MinNormSolver._min_norm_2d``).
     """
     _checks.positive_int(iterations, "iterations")
     lipschitz = 2.0 * jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
@@ -237,31 +423,47 @@ def min_norm_weights(gram: jax.Array, iterations: int = DEFAULT_SOLVER_ITERATION
         lambda a: _dot(a, _dot(gram, a)),
         lambda a: 2.0 * _dot(gram, a),
         lipschitz,
-        gram.shape[0],
+        _best_pair(gram),
         iterations,
     )
 
 
-def mgda(shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> optax.GradientTransformation:
+def mgda_transformation(
+    shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS
+) -> optax.GradientTransformationExtraArgs:
     r"""MGDA: the minimum-norm point of the convex hull of the task gradients.
 
     .. math::
         d = \sum_i α_i g_i, \qquad
         α = \operatorname*{argmin}_{α \ge 0,\ \sum α = 1} \Big\lVert \sum_i α_i g_i \Big\rVert^2,
 
-    a common descent direction of every task (zero at a Pareto-stationary point).
-    Solved on the T x T Gram matrix by :func:`min_norm_weights`; the reference's
-    Frank-Wolfe/projection solver differs in the iteration, not in the optimum.
-    No gradient normalisation (LibMTL's default ``mgda_gn='none'``).
+    a common descent direction of every task (zero at a Pareto-stationary point), on
+    the shared parameters; the other leaves keep ``updates``, the sum of the task
+    gradients. Solved on the T x T Gram matrix by :func:`min_norm_weights`; the
+    reference's Frank-Wolfe/projection solver differs in the iteration, not in the
+    optimum. No gradient normalisation (LibMTL's default ``mgda_gn='none'``).
 
     Args:
       shared: which leaves are shared: a bool tree like the params (or a prefix), or
-        a callable returning one from the per-loss gradient tree.
+        a callable returning one from a tree with the params' structure.
       iterations: solver iterations, an int >= 1.
 
     Returns:
-      An ``optax.GradientTransformation`` from per-loss gradients (leading axis T)
-      to one update of the params' shapes.
+      An ``optax.GradientTransformationExtraArgs`` whose
+      ``update(updates, state, params=None, *, per_loss_grads)`` maps the summed
+      loss's gradient ``updates`` and the per-loss gradients (leading axis T) to an
+      update of the params' shapes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from yoto_jax.baselines import mgda_transformation
+      >>> params = {"w": jnp.zeros(2)}
+      >>> per_loss_grads = {"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}
+      >>> grads = jax.tree.map(lambda g: g.sum(0), per_loss_grads)
+      >>> tx = optax.chain(mgda_transformation(shared=True), optax.sgd(1.0))
+      >>> updates, _ = tx.update(grads, tx.init(params), params, per_loss_grads=per_loss_grads)
+      >>> updates["w"]  # -(the min-norm point of the two gradients)
+      Array([-0.5, -0.5], dtype=float32)
 
     References:
       Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization",
@@ -273,15 +475,48 @@ def mgda(shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> optax.Grad
         alpha = min_norm_weights(_gram(grads), iterations)
         return _dot(alpha, grads), state
 
-    return _per_loss_transformation(shared, optax.EmptyState, combine)
+    return _manipulation("mgda_transformation", shared, optax.EmptyState, combine)
 
 
-def cagrad(
+def mgda(shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> Weighting:
+    r"""MGDA as a :class:`~yoto_jax.Weighting`: :func:`mgda_transformation` on each
+    step's per-loss gradients.
+
+    Deterministic (the step's key is ignored); no params, no arrays in the state; the
+    weights are ones (MGDA combines gradients, not losses).
+
+    Args:
+      shared: which leaves of the model's params are shared: a bool tree like them
+        (or a prefix), or a callable returning one from a tree of their structure.
+      iterations: solver iterations, an int >= 1.
+
+    Returns:
+      A :class:`~yoto_jax.Weighting`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import mgda
+      >>> weighting = mgda(shared=True)
+      >>> params, state = weighting.init(2)
+      >>> losses_fn = lambda w: jnp.stack([w[0], w[1]])  # gradients e₀ and e₁
+      >>> weighting.step(losses_fn, jnp.zeros(2), params, state).model_grads
+      Array([0.5, 0.5], dtype=float32)
+
+    References:
+      Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization",
+      NeurIPS 2018.
+    """
+    transformation = mgda_transformation(shared, iterations)
+    return _manipulation_weighting(transformation, lambda key: optax.EmptyState())
+
+
+def cagrad_transformation(
     shared: Any,
     c: float = DEFAULT_CAGRAD_C,
     rescale: bool = True,
     iterations: int = DEFAULT_SOLVER_ITERATIONS,
-) -> optax.GradientTransformation:
+    scale_to_sum: bool = False,
+) -> optax.GradientTransformationExtraArgs:
     r"""CAGrad: the average gradient, bent towards the worst-served task.
 
     With the average :math:`g_0 = \frac{1}{T}\sum_i g_i`, :math:`A = G G^\top` and
@@ -293,24 +528,41 @@ def cagrad(
         d = g_0 + \frac{\sqrt{φ}}{\lVert g_w \rVert}\, g_w, \qquad g_w = \sum_i w_i g_i,
 
     the direction within the ball :math:`\lVert d - g_0 \rVert \le \sqrt{φ}` that
-    maximises the smallest task improvement :math:`\min_i g_i^\top d`. With
-    ``rescale``, d is divided by :math:`1 + c^2` (the reference's default
-    ``rescale=1``). As in the reference, :math:`10^{-8}` is added under the square
-    roots and to the denominators. The reference solves for w with SciPy's SLSQP;
-    here the same objective is minimised by accelerated projected gradient (the tests
-    compare the two). c = 0 gives the average gradient.
+    maximises the smallest task improvement :math:`\min_i g_i^\top d`, on the shared
+    parameters; the other leaves keep ``updates``, the sum of the task gradients.
+    With ``rescale``, d is divided by :math:`1 + c^2` (the reference's default
+    ``rescale=1``); with ``scale_to_sum``, it is then multiplied by T, the reference
+    codes' scale (the official code's ``newgrad * 3`` for 3 tasks, Nash-MTL's
+    ``* n_tasks``): the direction on the scale of the sum of the gradients, as the
+    other leaves are, rather than of their mean. As in the reference,
+    :math:`10^{-8}` is added under the square roots and to the denominators. The
+    reference solves for w with SciPy's SLSQP; here the same objective is minimised
+    by accelerated projected gradient from uniform weights (the tests compare the
+    two). c = 0 gives the average gradient.
 
     Args:
       shared: which leaves are shared: a bool tree like the params (or a prefix), or
-        a callable returning one from the per-loss gradient tree.
+        a callable returning one from a tree with the params' structure.
       c: the radius c >= 0 (0.5, LibMTL's default; the CAGrad paper uses 0.4 on
         NYUv2 and CityScapes).
       rescale: divide the direction by :math:`1 + c^2`.
       iterations: solver iterations, an int >= 1.
+      scale_to_sum: multiply the direction by T (the reference codes' scale).
 
     Returns:
-      An ``optax.GradientTransformation`` from per-loss gradients (leading axis T)
-      to one update of the params' shapes.
+      An ``optax.GradientTransformationExtraArgs`` whose
+      ``update(updates, state, params=None, *, per_loss_grads)`` maps the summed
+      loss's gradient ``updates`` and the per-loss gradients (leading axis T) to an
+      update of the params' shapes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from yoto_jax.baselines import cagrad_transformation
+      >>> per_loss_grads = {"w": jnp.array([[1.0, 0.0], [0.0, 1.0]])}
+      >>> grads = jax.tree.map(lambda g: g.sum(0), per_loss_grads)
+      >>> tx = cagrad_transformation(shared=True, c=0.0, scale_to_sum=True)  # c = 0: Σ g_i
+      >>> tx.update(grads, tx.init(None), per_loss_grads=per_loss_grads)[0]["w"]
+      Array([1., 1.], dtype=float32)
 
     References:
       Liu, Liu, Jin, Stone and Liu, "Conflict-Averse Gradient Descent for Multi-task
@@ -336,9 +588,56 @@ def cagrad(
             return pull + radius * gram_w / jnp.sqrt(_dot(w, gram_w) + 1e-8)
 
         lipschitz = jnp.maximum(jnp.trace(gram), jnp.finfo(gram.dtype).tiny)
-        w = _minimise_on_simplex(value, grad, lipschitz, num_losses, iterations)
+        w = _minimise_on_simplex(value, grad, lipschitz, uniform, iterations)
         g_w = _dot(w, grads)
         direction = jnp.mean(grads, axis=0) + radius / (jnp.linalg.norm(g_w) + 1e-8) * g_w
-        return (direction / (1.0 + c**2) if rescale else direction), state
+        if rescale:
+            direction = direction / (1.0 + c**2)
+        if scale_to_sum:
+            direction = direction * num_losses
+        return direction, state
 
-    return _per_loss_transformation(shared, optax.EmptyState, combine)
+    return _manipulation("cagrad_transformation", shared, optax.EmptyState, combine)
+
+
+def cagrad(
+    shared: Any,
+    c: float = DEFAULT_CAGRAD_C,
+    rescale: bool = True,
+    iterations: int = DEFAULT_SOLVER_ITERATIONS,
+    scale_to_sum: bool = False,
+) -> Weighting:
+    r"""CAGrad as a :class:`~yoto_jax.Weighting`: :func:`cagrad_transformation` on
+    each step's per-loss gradients.
+
+    Deterministic (the step's key is ignored); no params, no arrays in the state; the
+    weights are ones (CAGrad combines gradients, not losses). ``c`` may be traced
+    (vmapped over a grid of radii).
+
+    Args:
+      shared: which leaves of the model's params are shared: a bool tree like them
+        (or a prefix), or a callable returning one from a tree of their structure.
+      c: the radius c >= 0.
+      rescale: divide the direction by :math:`1 + c^2`.
+      iterations: solver iterations, an int >= 1.
+      scale_to_sum: multiply the direction by T: the reference codes' scale, the
+        direction on the scale of the sum of the gradients rather than their mean.
+
+    Returns:
+      A :class:`~yoto_jax.Weighting`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import cagrad
+      >>> weighting = cagrad(shared=True, c=0.0)  # c = 0: the average gradient
+      >>> params, state = weighting.init(2)
+      >>> losses_fn = lambda w: jnp.stack([w[0], 3.0 * w[1]])
+      >>> weighting.step(losses_fn, jnp.zeros(2), params, state).model_grads
+      Array([0.5, 1.5], dtype=float32)
+
+    References:
+      Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning",
+      NeurIPS 2021.
+    """
+    transformation = cagrad_transformation(shared, c, rescale, iterations, scale_to_sum)
+    return _manipulation_weighting(transformation, lambda key: optax.EmptyState())
