@@ -26,10 +26,22 @@ any of them, and YOTO, with the same training step::
 scalar per task (``jnp.stack`` them in a fixed order, the primary first).
 """
 
+from yoto_jax.baselines.aligned_mtl import (
+    aligned_mtl,
+    aligned_mtl_transformation,
+    aligned_mtl_weights,
+)
+from yoto_jax.baselines.auto_lambda import AutoLambdaState, auto_lambda
 from yoto_jax.baselines.dwa import DWAState, dwa
 from yoto_jax.baselines.ew import equal_weighting
 from yoto_jax.baselines.famo import FAMOState, famo
 from yoto_jax.baselines.gradnorm import GradNormState, gradnorm, gradnorm_balance_loss
+from yoto_jax.baselines.imtl import (
+    imtl,
+    imtl_g_weights,
+    imtl_scaled_losses,
+    imtl_transformation,
+)
 from yoto_jax.baselines.manipulation import (
     PCGradState,
     cagrad,
@@ -40,14 +52,27 @@ from yoto_jax.baselines.manipulation import (
     pcgrad,
     pcgrad_transformation,
 )
+from yoto_jax.baselines.nash_mtl import (
+    NashMTLState,
+    nash_mtl,
+    nash_mtl_transformation,
+    nash_mtl_weights,
+)
 from yoto_jax.baselines.rlw import rlw
 from yoto_jax.baselines.uncertainty import uncertainty, uncertainty_loss
+from yoto_jax.baselines.upgrad import upgrad, upgrad_transformation, upgrad_weights
 
 __all__ = [
+    "AutoLambdaState",
     "DWAState",
     "FAMOState",
     "GradNormState",
+    "NashMTLState",
     "PCGradState",
+    "aligned_mtl",
+    "aligned_mtl_transformation",
+    "aligned_mtl_weights",
+    "auto_lambda",
     "cagrad",
     "cagrad_transformation",
     "dwa",
@@ -55,12 +80,22 @@ __all__ = [
     "famo",
     "gradnorm",
     "gradnorm_balance_loss",
+    "imtl",
+    "imtl_g_weights",
+    "imtl_scaled_losses",
+    "imtl_transformation",
     "mgda",
     "mgda_transformation",
     "min_norm_weights",
+    "nash_mtl",
+    "nash_mtl_transformation",
+    "nash_mtl_weights",
     "pcgrad",
     "pcgrad_transformation",
     "rlw",
     "uncertainty",
     "uncertainty_loss",
+    "upgrad",
+    "upgrad_transformation",
+    "upgrad_weights",
 ]

@@ -1,0 +1,327 @@
+r"""Impartial Multi-task Learning (IMTL, Liu et al., ICLR 2021): gradient and loss balance.
+
+IMTL has two parts, usable alone or together (the paper's full method, the hybrid):
+
+* **IMTL-G** (gradient balance) combines the T per-loss gradients of the shared
+  parameters as :math:`d = \sum_i α_i g_i` with :math:`\sum_i α_i = 1`, α chosen in
+  closed form so that d has the same projection onto every task's unit gradient
+  :math:`u_i = g_i / \lVert g_i \rVert`: no task is favoured by the direction of the
+  update. It is :func:`imtl_transformation`, an Optax transformation with the
+  ``per_loss_grads=`` convention of :mod:`yoto_jax.baselines.manipulation`.
+* **IMTL-L** (loss balance) learns one scale :math:`s_i` per loss and trains on the
+  scaled losses :math:`e^{s_i} l_i - s_i` (:func:`imtl_scaled_losses`), with s
+  trained by the model's optimizer: at the optimum :math:`e^{s_i} l_i = 1`, so every
+  scaled loss stays near 1.
+
+:func:`imtl` is the :class:`~yoto_jax.Weighting` of either part or of both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from yoto_jax import _checks
+from yoto_jax.baselines.manipulation import _dot, _gram, _manipulation, _manipulation_weighting
+from yoto_jax.weighting import (
+    LossesFn,
+    Params,
+    Weighting,
+    WeightingStep,
+    keep_state,
+    loss_vector,
+    objective_weighting,
+    same_optimizer,
+)
+
+IMTL_KEY = "imtl_log_scale"
+"""The name of IMTL-L's log-scales s in the weighting's params."""
+
+MODES = ("hybrid", "gradient", "loss")
+"""The modes of :func:`imtl`: both parts (the paper's IMTL), IMTL-G alone, IMTL-L alone."""
+
+
+def imtl_g_weights(gram: ArrayLike) -> jax.Array:
+    r"""IMTL-G's α from the Gram matrix :math:`M = G G^\top` of the task gradients.
+
+    The conditions :math:`d \cdot u_i = c` for every i, with :math:`d = G^\top α`, read
+    :math:`M α = c\, n` for the norms :math:`n_i = \lVert g_i \rVert`, so
+
+    .. math::
+        α = \frac{M^{+} n}{\mathbf{1}^\top M^{+} n},
+
+    the paper's closed form :math:`α_{2:T} = g_1 U^\top (D U^\top)^{-1}`,
+    :math:`α_1 = 1 - \sum_{t \ge 2} α_t` (D the differences :math:`g_1 - g_t`, U those of
+    the unit gradients) whenever the gradients are linearly independent. It is
+    computed as :math:`M^+ n = N^{-1} C^+ \mathbf{1}` from one eigendecomposition of the
+    cosine matrix :math:`C = N^{-1} M N^{-1}` (N = diag(n)), whose conditioning, unlike
+    M's, does not degrade with the spread of the gradients' norms; :math:`C^+` keeps the
+    eigenvalues above :math:`T ε \max|λ|` (``torch.linalg.pinv``'s threshold). Where the
+    gradients are dependent the paper's formula is singular or undefined, and this is
+    the generalisation of TorchJD's ``IMTLG`` (Quinton and Rey 2024, a pseudo-inverse),
+    refined so that the update keeps IMTL-G's defining property where it can:
+
+    * a task whose gradient is zero gets α = 0 and the others are balanced among
+      themselves (the paper's formula divides by its zero norm);
+    * if :math:`\mathbf 1` lies outside the range of C (n outside that of M), no
+      combination has equal nonzero projections (e.g. opposite parallel gradients, or
+      T > the number of shared parameters) and the only balanced update is d = 0,
+      which the paper's formula also gives where it is defined: α = 0 (TorchJD returns
+      a least-squares α whose projections differ);
+    * parallel gradients of one direction get :math:`α \propto 1 / n`, the limit of the
+      two-task closed form as the angle closes (every combination balances them);
+    * if :math:`\mathbf{1}^\top M^+ n` vanishes (to rounding), α = 0 (as TorchJD).
+
+    α may have negative entries, and the common projection :math:`c = 1 / \mathbf
+    1^\top M^+ n` is negative when that sum is (then d raises every loss to first
+    order): the paper's closed form, kept as published.
+
+    Args:
+      gram: M, shape (T, T), symmetric positive semi-definite.
+
+    Returns:
+      α, shape (T,), summing to 1 (or zeros, see above).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines.imtl import imtl_g_weights
+      >>> grads = jnp.array([[1.0, 0.0], [0.0, 3.0]])  # orthogonal: α = (n₂, n₁) / (n₁ + n₂)
+      >>> imtl_g_weights(grads @ grads.T)
+      Array([0.75, 0.25], dtype=float32)
+
+    References:
+      Liu, Li, Kuang, Xue, Chen, Yang, Liao and Zhang, "Towards Impartial Multi-task
+      Learning", ICLR 2021, Alg. 1; Quinton and Rey, "Jacobian Descent for
+      Multi-Objective Optimization", 2024 (TorchJD's ``IMTLG``).
+    """
+    gram = _checks.floating_array(gram, "gram")
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"gram must be a square (T, T) matrix, got shape {gram.shape}.")
+    gram = gram.astype(_checks.compute_dtype(gram))
+    num_losses = gram.shape[0]
+    eps = jnp.finfo(gram.dtype).eps
+    norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
+    nonzero = norms > 0
+    inverse_norms = jnp.where(nonzero, 1.0 / jnp.where(nonzero, norms, 1.0), 0.0)
+    # M⁺n = N⁻¹C⁺1 with C = N⁻¹MN⁻¹ the cosines: C's conditioning does not suffer from
+    # the spread of the gradients' norms (M's is that of C times the norms' ratio squared).
+    cosines = gram * inverse_norms[:, None] * inverse_norms[None, :]
+    ones = nonzero.astype(gram.dtype)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(cosines)
+    keep = jnp.abs(eigenvalues) > num_losses * eps * jnp.max(jnp.abs(eigenvalues))
+    inverse = jnp.where(keep, 1.0 / jnp.where(keep, eigenvalues, 1.0), 0.0)
+    coordinates = _dot(ones, eigenvectors)  # Vᵀ1
+    v = inverse_norms * _dot(eigenvectors, inverse * coordinates)  # N⁻¹C⁺1 = M⁺n
+    outside = _dot(eigenvectors, jnp.where(keep, 0.0, coordinates))  # 1 minus its part in range(C)
+    unbalanced = jnp.linalg.norm(outside) > jnp.sqrt(eps) * jnp.linalg.norm(ones)
+    total = jnp.sum(v)
+    vanishing = jnp.abs(total) <= num_losses * eps * jnp.sum(jnp.abs(v))
+    degenerate = unbalanced | vanishing
+    return jnp.where(degenerate, 0.0, v / jnp.where(degenerate, 1.0, total))
+
+
+def imtl_transformation(shared: Any) -> optax.GradientTransformationExtraArgs:
+    r"""IMTL-G: the combination of the task gradients with equal projections on every task.
+
+    .. math::
+        d = \sum_i α_i g_i, \qquad \sum_i α_i = 1, \qquad
+        d \cdot \frac{g_i}{\lVert g_i \rVert} = d \cdot \frac{g_j}{\lVert g_j \rVert}
+        \ \ \forall i, j,
+
+    on the shared parameters, with α in closed form (:func:`imtl_g_weights`); the
+    other leaves keep ``updates``, the sum of the task gradients (LibMTL's task heads
+    get their own loss's gradient). For T = 2, :math:`α = (n_2, n_1) / (n_1 + n_2)`
+    and d bisects the two gradients. The direction does not depend on the losses'
+    scales (scaling :math:`g_i` by :math:`c_i > 0` leaves the unit gradients, hence
+    d's direction, unchanged; only its length moves with the normalisation
+    :math:`\sum α = 1`).
+
+    The gradients are those of the shared *parameters*, as in LibMTL (its default
+    ``rep_grad=False``) and the Aligned-MTL authors' code; the paper takes them with
+    respect to the shared feature z, a cheaper approximation.
+
+    Args:
+      shared: which leaves are shared: a bool tree like the params (or a prefix), or
+        a callable returning one from a tree with the params' structure.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose
+      ``update(updates, state, params=None, *, per_loss_grads)`` maps the summed
+      loss's gradient ``updates`` and the per-loss gradients (leading axis T) to an
+      update of the params' shapes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from yoto_jax.baselines import imtl_transformation
+      >>> per_loss_grads = {"w": jnp.array([[1.0, 0.0], [0.0, 3.0]])}
+      >>> grads = jax.tree.map(lambda g: g.sum(0), per_loss_grads)
+      >>> tx = imtl_transformation(shared=True)
+      >>> tx.update(grads, tx.init(None), per_loss_grads=per_loss_grads)[0]["w"]
+      Array([0.75, 0.75], dtype=float32)
+
+    References:
+      Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, Sec. 3.2 and
+      Alg. 1; LibMTL's ``IMTL``.
+    """
+
+    def combine(grads: jax.Array, state: optax.EmptyState):
+        return _dot(imtl_g_weights(_gram(grads)), grads), state
+
+    return _manipulation("imtl_transformation", shared, optax.EmptyState, combine)
+
+
+def imtl_scaled_losses(log_scales: ArrayLike, losses: ArrayLike) -> jax.Array:
+    r"""IMTL-L's scaled losses :math:`e^{s_i} l_i - s_i`, one per task.
+
+    .. math::
+        \frac{\partial}{\partial s_i}\big(e^{s_i} l_i - s_i\big) = e^{s_i} l_i - 1,
+
+    so s descends to :math:`s_i = -\log l_i`, where the scaled loss's task term is 1.
+    Differentiate their sum for the model's and s's gradients (IMTL-L alone), or take
+    their per-loss gradients for :func:`imtl_transformation` (the hybrid). A loss
+    must be positive for its optimum to exist.
+
+    Args:
+      log_scales: s, shape (T,).
+      losses: the scalar losses, shape (T,).
+
+    Returns:
+      The (T,) scaled losses, float32 or wider.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import imtl_scaled_losses
+      >>> imtl_scaled_losses(jnp.array([0.0, -1.0]), jnp.array([2.0, 1.0]))  # (2, e⁻¹ + 1)
+      Array([2.       , 1.3678794], dtype=float32)
+
+    References:
+      Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, Sec. 3.3 (the
+      base e, as in LibMTL).
+    """
+    losses = loss_vector(losses)
+    log_scales = loss_vector(log_scales, losses.shape[0], what="log_scales")
+    dtype = _checks.compute_dtype(log_scales, losses)
+    log_scales, losses = log_scales.astype(dtype), losses.astype(dtype)
+    return jnp.exp(log_scales) * losses - log_scales
+
+
+def imtl(shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0) -> Weighting:
+    r"""IMTL as a :class:`~yoto_jax.Weighting`: gradient balance, loss balance, or both.
+
+    ``mode`` picks the part (the paper's Alg. 1 is the hybrid):
+
+    * ``"hybrid"`` (default; the paper's IMTL and LibMTL's ``IMTL``): the losses are
+      scaled, :math:`L_i = e^{s_i} l_i - s_i`; the shared parameters get IMTL-G's
+      combination of the scaled losses' gradients :math:`e^{s_i} g_i`
+      (:func:`imtl_transformation`), every other leaf the sum
+      :math:`\sum_i e^{s_i} \nabla l_i` (each task head its own scaled loss's
+      gradient), and s the gradient :math:`e^{s_i} l_i - 1`. Since IMTL-G's direction
+      ignores the losses' scales, the learnt scales set the shared update's length and
+      the heads' gradients, and IMTL-G the shared update's direction. Cost: one
+      forward and T backward passes (``jax.jacrev``).
+    * ``"gradient"`` (IMTL-G alone): the raw losses' gradients combined by
+      :func:`imtl_transformation`; no params. Cost: as the hybrid.
+    * ``"loss"`` (IMTL-L alone): the model and s descend :math:`\sum_i e^{s_i} l_i - s_i`
+      (:func:`imtl_scaled_losses`). Cost: one forward and one backward pass; ``shared``
+      is not used (pass None).
+
+    s is a param, ``{"imtl_log_scale": s}`` from ``log_scale_init`` (0, as LibMTL and
+    the paper: the scaled losses start as the raw ones), trained by the model's
+    optimizer from ``result.grads`` (``weighting.optimizer(tx)`` is ``tx``). Keep it
+    out of weight decay. The weights (``result.weights`` and ``weights(params,
+    state)``) are the loss weights :math:`e^{s}` in the hybrid and loss modes, and
+    ones for IMTL-G alone (it combines gradients, not losses; α is not reported).
+
+    Args:
+      shared: which leaves of the model's params are shared: a bool tree like them
+        (or a prefix), or a callable returning one from a tree of their structure.
+        Not used (may be None) with ``mode="loss"``.
+      mode: ``"hybrid"``, ``"gradient"`` or ``"loss"``.
+      log_scale_init: the initial value of every s_i, a finite number (may be traced).
+
+    Returns:
+      A :class:`~yoto_jax.Weighting`; with params ``{"imtl_log_scale": s}`` unless
+      ``mode="gradient"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import imtl
+      >>> weighting = imtl(shared=True)
+      >>> params, state = weighting.init(2)
+      >>> losses_fn = lambda w: jnp.stack([w[0] + 1.0, 3.0 * w[1] + 2.0])
+      >>> result = weighting.step(losses_fn, jnp.zeros(2), params, state)
+      >>> result.model_grads  # gradients e₀ and 3e₁: α = (3/4, 1/4)
+      Array([0.75, 0.75], dtype=float32)
+      >>> result.grads  # e^s l − 1 at s = 0
+      {'imtl_log_scale': Array([0., 1.], dtype=float32)}
+
+    References:
+      Liu, Li, Kuang, Xue, Chen, Yang, Liao and Zhang, "Towards Impartial Multi-task
+      Learning", ICLR 2021, Alg. 1; LibMTL's ``IMTL``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    value = _checks.concrete_float(log_scale_init)
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"log_scale_init must be a finite number, got {value}.")
+    if mode != "loss" and shared is None:
+        raise TypeError(
+            f"shared must select the shared parameters (a bool tree or a callable) for "
+            f"mode={mode!r}; only mode='loss' goes without."
+        )
+    if mode == "gradient":
+        return _manipulation_weighting(imtl_transformation(shared), lambda key: optax.EmptyState())
+
+    def init(num_losses: int) -> tuple[dict[str, jax.Array], tuple]:
+        num_losses = _checks.positive_int(num_losses, "num_losses")
+        return {IMTL_KEY: jnp.full((num_losses,), log_scale_init, jnp.float32)}, ()
+
+    def weights(params: dict[str, jax.Array], state: tuple) -> jax.Array:
+        return jnp.exp(loss_vector(params[IMTL_KEY], what="log_scales"))
+
+    if mode == "loss":
+
+        def applied(params, state, losses, key) -> jax.Array:
+            return weights(params, state)
+
+        def objective(params, state, losses, key) -> jax.Array:
+            return jnp.sum(imtl_scaled_losses(params[IMTL_KEY], losses))
+
+        return objective_weighting(init, objective, applied, weights)
+
+    transformation = imtl_transformation(shared)
+
+    def step(
+        losses_fn: LossesFn,
+        model_params: Params,
+        params: dict[str, jax.Array],
+        state: tuple,
+        *,
+        key: jax.Array | None = None,
+    ) -> WeightingStep:
+        del key
+        log_scales = loss_vector(params[IMTL_KEY], what="log_scales")
+        num_losses = log_scales.shape[0]
+        fixed_scales = jax.lax.stop_gradient(log_scales)
+
+        def scaled(model_params: Params) -> tuple[jax.Array, jax.Array]:
+            losses = loss_vector(losses_fn(model_params), num_losses)
+            return imtl_scaled_losses(fixed_scales, losses), losses
+
+        per_loss_grads, losses = jax.jacrev(scaled, has_aux=True)(model_params)
+        updates = jax.tree.map(lambda g: jnp.sum(g, 0), per_loss_grads)
+        model_grads, _ = transformation.update(
+            updates, optax.EmptyState(), model_params, per_loss_grads=per_loss_grads
+        )
+        losses = jax.lax.stop_gradient(losses)
+        scale_grads = jax.grad(lambda s: jnp.sum(imtl_scaled_losses(s, losses)))(log_scales)
+        return WeightingStep(
+            losses, weights(params, state), model_grads, {IMTL_KEY: scale_grads}, state
+        )
+
+    return Weighting(init, step, keep_state, weights, same_optimizer)

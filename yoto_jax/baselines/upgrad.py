@@ -1,0 +1,296 @@
+r"""UPGrad (Quinton and Rey, 2024): each task gradient projected onto the dual cone, then averaged.
+
+The dual cone of the task gradients :math:`g_1, \dots, g_T` (the rows of the Jacobian
+J) is the set of directions that conflict with none of them,
+:math:`\{x : J x \ge 0\}`. UPGrad projects each :math:`u_i g_i` onto it and sums the
+projections, so the update never conflicts with a task (to first order) and equals the
+weighted mean :math:`\sum_i u_i g_i` where that does not conflict. Each projection is a
+small quadratic program on the T x T Gram matrix, solved here by an exact active-set
+method that jits. As an Optax transformation, :func:`upgrad_transformation`, with the
+``per_loss_grads=`` convention of :mod:`yoto_jax.baselines.manipulation`, and as a
+:class:`~yoto_jax.Weighting`, :func:`upgrad`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.typing import ArrayLike
+
+from yoto_jax import _checks
+from yoto_jax.baselines.aligned_mtl import _task_vector, _task_vector_for
+from yoto_jax.baselines.manipulation import _dot, _gram, _manipulation, _manipulation_weighting
+from yoto_jax.weighting import Weighting
+
+DEFAULT_NORM_EPS = 1e-4
+"""TorchJD's ``norm_eps``: below this squared Frobenius norm of J, the Gram matrix is
+taken as zero (and UPGrad is the weighted mean)."""
+
+DEFAULT_REG_EPS = 1e-4
+"""TorchJD's ``reg_eps``: added to the diagonal of the normalised Gram matrix."""
+
+
+def _solve_positive_definite(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
+    """``matrix⁻¹ rhs`` by Gaussian elimination without pivoting (stable for symmetric
+    positive definite matrices), in elementwise operations only: full precision on
+    every backend, no solver library call inside the active-set loop."""
+    size = rhs.shape[0]
+    index = jnp.arange(size)
+
+    def eliminate(k: jax.Array, carry: tuple[jax.Array, jax.Array]):
+        a, b = carry
+        factors = jnp.where(index > k, a[:, k] / a[k, k], 0.0)
+        return a - factors[:, None] * a[k][None, :], b - factors * b[k]
+
+    upper, b = jax.lax.fori_loop(0, size, eliminate, (matrix, rhs))
+
+    def substitute(j: jax.Array, x: jax.Array) -> jax.Array:
+        k = size - 1 - j
+        known = jnp.sum(jnp.where(index > k, upper[k] * x, 0.0))
+        return x.at[k].set((b[k] - known) / upper[k, k])
+
+    return jax.lax.fori_loop(0, size, substitute, jnp.zeros_like(b))
+
+
+def _max_iterations(size: int) -> int:
+    """The active-set method's cap on iterations (one linear solve each). It takes about
+    one per variable that ends up free, plus one to confirm (at most T + 2 on random,
+    badly scaled and nearly parallel problems up to T = 16; the tests check 2T + 1); the
+    cap only bounds a pathological case, which then returns its last, feasible, point."""
+    return 4 * size + 16
+
+
+def _nonnegative_qp(a: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+    r"""The x >= 0 minimising :math:`\frac12 x^\top A x + q^\top x`, A positive definite.
+
+    Lawson and Hanson's active-set method (the NNLS algorithm, written on A and q rather
+    than on a least-squares factor): from x = 0, free the variable whose partial
+    derivative is most negative, solve for the free variables with the others at 0,
+    and step back to the boundary while a free one would turn negative. Exact after a
+    finite number of steps (no step size, no conditioning-dependent convergence rate);
+    every iterate is feasible. One ``while_loop``; returns x and the iterations taken.
+    """
+    size = q.shape[0]
+    dtype = a.dtype
+    eye = jnp.eye(size, dtype=dtype)
+    eps = jnp.finfo(dtype).eps
+    scale = jnp.max(jnp.abs(a))
+
+    def free_solution(free: jax.Array) -> jax.Array:
+        system = jnp.where(free[:, None] & free[None, :], a, eye)
+        return jnp.where(free, _solve_positive_definite(system, jnp.where(free, -q, 0.0)), 0.0)
+
+    def body(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        x, free, inner, iteration, _ = carry
+        descent = -(_dot(a, x) + q)
+        tolerance = 16 * size * eps * (scale * jnp.max(jnp.abs(x)) + jnp.max(jnp.abs(q)))
+        candidates = ~free & (descent > tolerance)
+        finished = ~inner & ~jnp.any(candidates)
+        entering = jnp.argmax(jnp.where(candidates, descent, -jnp.inf))
+        free = jnp.where(~inner & ~finished, free.at[entering].set(True), free)
+        solution = free_solution(free)
+        feasible = jnp.all(jnp.where(free, solution > 0, True))
+        blocking = free & (solution <= 0)
+        gap = x - solution  # > 0 where blocking, unless x = solution = 0
+        ratios = jnp.where(blocking, x / jnp.where(blocking & (gap > 0), gap, 1.0), jnp.inf)
+        ratios = jnp.where(blocking & (gap <= 0), 0.0, ratios)
+        leaving = jnp.argmin(ratios)
+        moved = x + jnp.min(ratios) * (solution - x)
+        moved = jnp.where(free & (moved > 0), moved, 0.0).at[leaving].set(0.0)
+        new_x = jnp.where(finished, x, jnp.where(feasible, solution, moved))
+        new_free = jnp.where(finished | feasible, free, free & (moved > 0))
+        return new_x, new_free, ~finished & ~feasible, iteration + 1, finished
+
+    def cond(carry: tuple[jax.Array, ...]) -> jax.Array:
+        return ~carry[4] & (carry[3] < _max_iterations(size))
+
+    start = (
+        jnp.zeros((size,), dtype),
+        jnp.zeros((size,), bool),
+        jnp.zeros((), bool),
+        jnp.zeros((), jnp.int32),
+        jnp.zeros((), bool),
+    )
+    x, _, _, iterations, _ = jax.lax.while_loop(cond, body, start)
+    return x, iterations
+
+
+def upgrad_weights(
+    gram: ArrayLike,
+    pref_vector: ArrayLike | None = None,
+    norm_eps: float = DEFAULT_NORM_EPS,
+    reg_eps: float = DEFAULT_REG_EPS,
+) -> jax.Array:
+    r"""UPGrad's weights w from the Gram matrix :math:`M = J J^\top`: the update is
+    :math:`w^\top J`.
+
+    With :math:`A = M / \operatorname{tr} M + ε_\text{reg} I` (:math:`A = ε_\text{reg} I`
+    if :math:`\operatorname{tr} M < ε_\text{norm}`) and the preference vector u,
+
+    .. math::
+        w = \sum_i v^{(i)}, \qquad
+        v^{(i)} = \operatorname*{argmin}_{v \ge u_i e_i} v^\top A v,
+
+    :math:`J^\top v^{(i)}` being the projection of :math:`u_i g_i` onto the dual cone
+    of the rows of J (the paper's Prop. 1). Each quadratic program is solved exactly by
+    an active-set method (Lawson and Hanson) in :math:`x = v - u_i e_i \ge 0`.
+
+    Args:
+      gram: M, shape (T, T), symmetric positive semi-definite.
+      pref_vector: u, shape (T,) (default: 1/T everywhere, the mean).
+      norm_eps: :math:`ε_\text{norm} \ge 0`.
+      reg_eps: :math:`ε_\text{reg} \ge 0`; with 0, the gradients must be linearly
+        independent.
+
+    Returns:
+      w, shape (T,), nonnegative where u is.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import upgrad_weights
+      >>> jacobian = jnp.array([[1.0, 0.0], [-1.0, 1.0]])  # conflicting
+      >>> upgrad_weights(jacobian @ jacobian.T, reg_eps=0.0)
+      Array([1.  , 0.75], dtype=float32)
+
+    References:
+      Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024,
+      Prop. 1; TorchJD's ``UPGradWeighting``; Lawson and Hanson, "Solving Least
+      Squares Problems", 1974, Ch. 23.
+    """
+    _checks.non_negative(norm_eps, "norm_eps")
+    _checks.non_negative(reg_eps, "reg_eps")
+    gram = _checks.floating_array(gram, "gram")
+    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
+        raise ValueError(f"gram must be a square (T, T) matrix, got shape {gram.shape}.")
+    gram = gram.astype(_checks.compute_dtype(gram))
+    num_losses = gram.shape[0]
+    pref = _task_vector_for(
+        _task_vector(pref_vector, "pref_vector"),
+        num_losses,
+        1.0 / num_losses,
+        "pref_vector",
+        gram.dtype,
+    )
+    trace = jnp.trace(gram)
+    small = trace < norm_eps
+    normalized = jnp.where(small, 0.0, gram / jnp.where(small, 1.0, trace))
+    a = normalized + reg_eps * jnp.eye(num_losses, dtype=gram.dtype)
+
+    def project(lower: jax.Array) -> jax.Array:
+        return lower + _nonnegative_qp(a, _dot(a, lower))[0]
+
+    return jnp.sum(jax.vmap(project)(jnp.diag(pref)), axis=0)
+
+
+def upgrad_transformation(
+    shared: Any,
+    pref_vector: ArrayLike | None = None,
+    norm_eps: float = DEFAULT_NORM_EPS,
+    reg_eps: float = DEFAULT_REG_EPS,
+) -> optax.GradientTransformationExtraArgs:
+    r"""UPGrad: the sum of the projections of :math:`u_i g_i` onto the dual cone of the gradients.
+
+    With J the (T, n) matrix of the shared per-loss gradients and
+    :math:`π(x) = \operatorname*{argmin}_{y : J y \ge 0} \lVert y - x \rVert`,
+
+    .. math::
+        d = \sum_i π(u_i g_i) = J^\top w,
+
+    w from the T x T Gram matrix (:func:`upgrad_weights`), on the shared parameters;
+    the other leaves keep ``updates``, the sum of the task gradients. Since every
+    :math:`π(u_i g_i)` lies in the dual cone, :math:`g_j \cdot d \ge 0` for every task
+    (with ``reg_eps`` > 0, up to :math:`-ε_\text{reg} \operatorname{tr}(J J^\top) w_j`);
+    where the weighted gradients conflict with no task, d is their sum
+    :math:`\sum_i u_i g_i`. For T = 2 conflicting gradients and ``reg_eps=0``, d is
+    half PCGrad's update.
+
+    TorchJD's defaults: u = 1/T (the mean; LibMTL's ``UPGrad`` too), ``norm_eps`` =
+    ``reg_eps`` = 1e-4, applied to :math:`J J^\top` normalised by its trace (so
+    ``reg_eps`` is relative; ``norm_eps`` compares the trace itself: below it, d is the
+    weighted mean). TorchJD solves each program with ``quadprog`` in float64 on the
+    CPU; here an active-set method that jits solves it exactly (to the compute dtype's
+    rounding), in float32 by default, on the device. The update is on the scale of the
+    mean; ``pref_vector=jnp.ones(T)`` puts it on the scale of the sum (the other
+    leaves'), and a primary-weighted u, e.g. ``[1.0, 0.1, 0.1]``, favours the primary.
+
+    Args:
+      shared: which leaves are shared: a bool tree like the params (or a prefix), or
+        a callable returning one from a tree with the params' structure.
+      pref_vector: u, shape (T,), primary first (default: 1/T; may be traced).
+      norm_eps: the trace below which the Gram matrix counts as zero, >= 0.
+      reg_eps: the ridge added to the normalised Gram matrix, >= 0 (0 requires
+        linearly independent gradients).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose
+      ``update(updates, state, params=None, *, per_loss_grads)`` maps the summed
+      loss's gradient ``updates`` and the per-loss gradients (leading axis T) to an
+      update of the params' shapes.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from yoto_jax.baselines import upgrad_transformation
+      >>> per_loss_grads = {"w": jnp.array([[1.0, 0.0], [-1.0, 1.0]])}
+      >>> grads = jax.tree.map(lambda g: g.sum(0), per_loss_grads)
+      >>> tx = upgrad_transformation(shared=True, reg_eps=0.0)
+      >>> tx.update(grads, tx.init(None), per_loss_grads=per_loss_grads)[0]["w"]
+      Array([0.25, 0.75], dtype=float32)
+
+    References:
+      Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024;
+      https://github.com/TorchJD/torchjd (``UPGrad``).
+    """
+    _checks.non_negative(norm_eps, "norm_eps")
+    _checks.non_negative(reg_eps, "reg_eps")
+    pref_vector = _task_vector(pref_vector, "pref_vector")
+
+    def combine(grads: jax.Array, state: optax.EmptyState):
+        weights = upgrad_weights(_gram(grads), pref_vector, norm_eps, reg_eps)
+        return _dot(weights, grads), state
+
+    return _manipulation("upgrad_transformation", shared, optax.EmptyState, combine)
+
+
+def upgrad(
+    shared: Any,
+    pref_vector: ArrayLike | None = None,
+    norm_eps: float = DEFAULT_NORM_EPS,
+    reg_eps: float = DEFAULT_REG_EPS,
+) -> Weighting:
+    r"""UPGrad as a :class:`~yoto_jax.Weighting`: :func:`upgrad_transformation` on each
+    step's per-loss gradients.
+
+    Deterministic (the step's key is ignored); no params, no arrays in the state; the
+    weights are ones (UPGrad combines gradients, not losses; w is not reported).
+    Cost: one forward and T backward passes (``jax.jacrev``), the Gram matrix (T² n)
+    and T quadratic programs of size T, vmapped: each takes about T + 2 active-set
+    iterations of one T x T elimination, O(T⁴) flops per program, and a sequential
+    depth of O(T²) small operations (latency, not work, for T up to a few dozen).
+
+    Args:
+      shared: which leaves of the model's params are shared: a bool tree like them
+        (or a prefix), or a callable returning one from a tree of their structure.
+      pref_vector: u, shape (T,), primary first (default: 1/T; may be traced).
+      norm_eps: the trace below which the Gram matrix counts as zero, >= 0.
+      reg_eps: the ridge added to the normalised Gram matrix, >= 0.
+
+    Returns:
+      A :class:`~yoto_jax.Weighting`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines import upgrad
+      >>> weighting = upgrad(shared=True)
+      >>> params, state = weighting.init(2)
+      >>> losses_fn = lambda w: jnp.stack([w[0], 3.0 * w[1]])  # no conflict: the mean
+      >>> weighting.step(losses_fn, jnp.zeros(2), params, state).model_grads
+      Array([0.5, 1.5], dtype=float32)
+
+    References:
+      Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024.
+    """
+    transformation = upgrad_transformation(shared, pref_vector, norm_eps, reg_eps)
+    return _manipulation_weighting(transformation, lambda key: optax.EmptyState())
