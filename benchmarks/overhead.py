@@ -1,22 +1,28 @@
-"""The per-step cost of YOTO: a jitted train step with fixed loss weights against the
-same step with YOTO (the composite loss and ``hyperparameter_decay``), timed in one
-process, interleaved, on the same model, batch and optimizer.
+"""The per-step cost of YOTO: ``yoto_jax.trainer``'s jitted step with fixed loss weights
+against the same step with YOTO, timed in one process, interleaved, on the same model,
+batch and optimizer (Adam).
 
-    python benchmarks/overhead.py [--json FILE] [--rounds N]
+    python benchmarks/overhead.py [--json FILE] [--rounds N] [--control]
+
+Steps (:data:`VARIANTS`), each ``yoto_jax.trainer(weighting, optax.adam(1e-3))``:
+``fixed`` (``yoto_jax.fixed_weights``, the weights YOTO starts from), ``yoto`` (the
+library's default, ``yoto_jax.yoto(eps, rho)``: µ on its own Adam, the primary's weight
+floored at 1/(K+1)) and ``paper`` (``yoto(eps, rho, mu_learning_rate=None,
+primary_floor=0.0)``: µ on the model's Adam). ``--control`` adds a second, separately
+compiled fixed step (an A/A test: the noise floor).
 
 Configurations: ``convnet`` (the depth benchmark's conv net, batch and losses: SILog,
 segmentation cross-entropy, flip consistency; benchmarks/models.py), ``resnet`` (a
 larger residual net on the same task) and ``k1`` … ``k64`` (the conv net regressing
-K + 1 maps, one loss each). Each round
-times every configuration's two steps back to back, in alternating order; the
-medians over rounds are robust to other load on the machine. ρ goes through
-``optax.inject_hyperparams`` and is changed, like µ, between timed samples: each
-step must still compile exactly once (the script fails otherwise). It also prints,
-and puts under ``cost`` in the JSON, the size of each compiled step's top-level
-program (``compiled.as_text()``'s ENTRY computation): all its instructions, its
-fusions and custom calls, and its kernels (every instruction that computes); being
-deterministic, these track YOTO's kernel delta on any machine, a CPU-only one too.
-Numbers and analysis: benchmarks/OVERHEAD.md.
+K + 1 maps, one loss each). Each round times every configuration's steps back to back,
+in alternating order; the medians over rounds are robust to other load on the machine.
+ρ is an argument of the jitted step and is changed, like µ, between timed samples: each
+step must still compile exactly once (the script fails otherwise). It also prints, and
+puts under ``cost`` in the JSON, the size of each compiled step's top-level program
+(``compiled.as_text()``'s ENTRY computation): all its instructions, its fusions and
+custom calls, and its kernels (every instruction that computes); being deterministic,
+these track YOTO's kernel delta on any machine, a CPU-only one too. Numbers and
+analysis: benchmarks/OVERHEAD.md.
 """
 
 from __future__ import annotations

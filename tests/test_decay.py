@@ -190,3 +190,21 @@ def test_update_without_params_is_an_error():
 def test_bad_concrete_rho_is_rejected(rho):
     with pytest.raises(ValueError, match="rho must be a finite number >= 0"):
         yoto_jax.hyperparameter_decay(rho)
+
+
+def test_a_constant_schedule_keeps_the_count_and_the_updates_of_a_constant_rho():
+    """A constant ρ keeps no state; ``optax.constant_schedule(ρ)`` keeps the step count
+    that checkpoints written before that change hold, and gives the same updates."""
+    params = {"w": jnp.ones(2), "yoto_mu": jnp.array([0.3, -1.0])}
+    grads = {"w": jnp.array([0.1, -0.2]), "yoto_mu": jnp.array([0.5, 0.0])}
+    constant = yoto_jax.hyperparameter_decay(0.1, mask=yoto_jax.mu_mask)
+    scheduled = yoto_jax.hyperparameter_decay(optax.constant_schedule(0.1), mask=yoto_jax.mu_mask)
+    constant_state, scheduled_state = constant.init(params), scheduled.init(params)
+    assert jax.tree.leaves(constant_state) == []
+    (count,) = jax.tree.leaves(scheduled_state)
+    assert count.dtype == jnp.int32 and int(count) == 0
+    for _ in range(2):
+        got, scheduled_state = scheduled.update(grads, scheduled_state, params)
+        expected, constant_state = constant.update(grads, constant_state, params)
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(x, y, rtol=1e-7)

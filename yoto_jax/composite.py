@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 from jax.typing import ArrayLike, DTypeLike
 
 from yoto_jax import _checks
@@ -57,7 +58,12 @@ uniform weights (the default of the Flax ``LossWeights`` modules)."""
 
 
 def resolve_floor(primary_floor: ArrayLike | str, num_aux: int) -> ArrayLike:
-    """``primary_floor`` as a number: ``UNIFORM`` ("uniform") is 1/(K+1)."""
+    """``primary_floor`` as a number: ``UNIFORM`` ("uniform") is 1/(K+1).
+
+    Example:
+      >>> resolve_floor("uniform", num_aux=3), resolve_floor(0.1, num_aux=3)
+      (0.25, 0.1)
+    """
     if isinstance(primary_floor, str):
         if primary_floor != UNIFORM:
             raise ValueError(
@@ -161,15 +167,55 @@ def yoto_composite(mu: Logits, losses: Losses, *, primary_floor: ArrayLike = 0.0
       >>> import jax, jax.numpy as jnp
       >>> mu = init_mu(["segmentation", "consistency"], eps=0.1)
       >>> losses = {"depth": 1.0, "segmentation": 2.0, "consistency": 0.5}
-      >>> loss = yoto_composite(mu, losses)
+      >>> loss = yoto_composite(mu, losses)  # (1 + 0.1 * 2 + 0.1 * 0.5) / 1.2
+      >>> round(float(loss), 4)
+      1.0417
+      >>> jax.grad(yoto_composite)(jnp.zeros(1), jnp.array([1.0, 3.0]))  # λ_1 (l_1 − L_e)
+      Array([0.5], dtype=float32)
 
     References:
       Sakaridis, "You Only Train Once", arXiv:2506.04349, Eq. (5)-(6).
     """
     vector, loss_values = _loss_vector(mu, losses)
     dtype = _checks.compute_dtype(vector, loss_values)
-    weights = _floored(jax.nn.softmax(_full_logits(vector.astype(dtype))), primary_floor)
-    return jnp.dot(weights, loss_values.astype(dtype))
+    _checks.unit_interval(primary_floor, "primary_floor")
+    floor = jnp.asarray(primary_floor, dtype)
+    return _weighted_sum(vector.astype(dtype), loss_values.astype(dtype), floor)
+
+
+@jax.custom_jvp
+def _weighted_sum(mu: jax.Array, losses: jax.Array, floor: jax.Array) -> jax.Array:
+    """Σ λ'_i l_i, λ' = m e_0 + (1 − m) softmax([0, µ]); differentiated in closed form."""
+    return jnp.dot(_floored(jax.nn.softmax(_full_logits(mu)), floor), losses)
+
+
+def _weighted_sum_jvp(primals, tangents):
+    """Eq. (6) in closed form, from the forward pass's λ:
+
+    ∂/∂l_i = λ'_i,  ∂/∂µ_i = (1 − m) λ_i (l_i − Σ_j λ_j l_j),  ∂/∂m = l_0 − Σ_j λ_j l_j.
+
+    One reduction (Σ λ l) instead of the softmax's backward pass through the
+    concatenated logits (fewer kernels per training step); equal to autodiff to
+    float32 rounding. Zero tangents stay symbolic, so only the needed terms are built.
+    """
+    mu, losses, floor = primals
+    mu_dot, losses_dot, floor_dot = tangents
+    weights = jax.nn.softmax(_full_logits(mu))
+    floored = _floored(weights, floor)
+    terms = []
+    if not isinstance(losses_dot, SymbolicZero):
+        terms.append(jnp.dot(floored, losses_dot))
+    if not (isinstance(mu_dot, SymbolicZero) and isinstance(floor_dot, SymbolicZero)):
+        mean = jnp.dot(weights, losses)
+        if not isinstance(mu_dot, SymbolicZero):
+            terms.append((1.0 - floor) * jnp.dot(weights[1:] * (losses[1:] - mean), mu_dot))
+        if not isinstance(floor_dot, SymbolicZero):
+            terms.append(floor_dot * (losses[0] - mean))
+    value = jnp.dot(floored, losses)
+    return value, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(value)
+
+
+_weighted_sum.defjvp(_weighted_sum_jvp, symbolic_zeros=True)
 
 
 def init_mu(
@@ -231,6 +277,11 @@ def regularizer(mu: Logits) -> jax.Array:
 
     Returns:
       The scalar R(µ), float32 or wider.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> regularizer(jnp.zeros(1))  # log(1/2) + softplus(0) = -log 2 + log 2
+      Array(0., dtype=float32)
     """
     logits = _full_logits(_logit_vector_of(mu))
     log_weights = jax.nn.log_softmax(logits)
@@ -250,12 +301,23 @@ def regularizer_grad(mu: ArrayLike) -> jax.Array:
 
     Returns:
       An array of shape (K,) in float32 or wider.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> regularizer_grad(jnp.zeros(2))  # uniform λ: log λ_i + H = 0, σ(0) = 1/2
+      Array([0.5, 0.5], dtype=float32)
     """
-    logits = _full_logits(_logit_vector(mu))
-    log_weights = jax.nn.log_softmax(logits)
-    weights = jnp.exp(log_weights)
-    entropy = -jnp.sum(weights * log_weights)
-    return (weights * (log_weights + entropy))[1:] + jax.nn.sigmoid(logits[1:])
+    mu = _logit_vector(mu)
+    mu = mu.astype(_checks.compute_dtype(mu))
+    # λ as the composite computes it (XLA computes it once per training step), and
+    # log λ_i + H(λ) = µ_i − Σ_j λ_j µ_j (µ_0 = 0) without a logarithm: log λ_i's
+    # logsumexp cancels. For accuracy the logits are shifted by their maximum, as in
+    # the softmax; µ_0 = 0 is written out rather than concatenated (one kernel less).
+    weights = jax.nn.softmax(_full_logits(mu))
+    top = jnp.maximum(jnp.max(mu), 0.0)
+    shifted = mu - top
+    mean = jnp.dot(weights[1:], shifted) - weights[0] * top  # Σ_j λ_j (µ_j − top), j ≥ 0
+    return weights[1:] * (shifted - mean) + jax.nn.sigmoid(mu)
 
 
 def _named(mu: ArrayLike, auxiliary: Sequence[str]) -> dict[str, jax.Array]:
@@ -287,6 +349,11 @@ def named_composite(
 
     Returns:
       The scalar composite loss.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> named_composite(jnp.zeros(1), {"depth": 1.0, "flip": 0.5}, "depth", ["flip"])
+      Array(0.75, dtype=float32)
     """
     named = _named(mu, auxiliary)
     found = _checks.primary_name(named, losses)
@@ -298,5 +365,11 @@ def named_composite(
 def named_loss_weights(
     mu: ArrayLike, primary: str, auxiliary: Sequence[str], *, primary_floor: ArrayLike = 0.0
 ) -> dict[str, jax.Array]:
-    """λ by name for array logits, e.g. for logging: ``{primary: λ_0, aux_i: λ_i}``."""
+    """λ by name for array logits, e.g. for logging: ``{primary: λ_0, aux_i: λ_i}``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> named_loss_weights(jnp.zeros(1), "depth", ["flip"])
+      {'depth': Array(0.5, dtype=float32), 'flip': Array(0.5, dtype=float32)}
+    """
     return loss_weights(_named(mu, auxiliary), primary=primary, primary_floor=primary_floor)

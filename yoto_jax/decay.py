@@ -18,7 +18,7 @@ DEFAULT_RHO = 0.1
 
 
 class HyperparameterDecayState(NamedTuple):
-    """Counts updates, for a scheduled ρ."""
+    """Counts updates, for a scheduled ρ (a constant ρ's state is ``optax.EmptyState()``)."""
 
     count: jax.Array  # shape=(), dtype=int32
 
@@ -89,23 +89,37 @@ def hyperparameter_decay(
         on a µ-only tree, e.g. inside ``optax.partition``).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``; its ``update`` needs ``params``.
+      An ``optax.GradientTransformationExtraArgs``; its ``update`` needs ``params``. Its
+      state is a :class:`HyperparameterDecayState` step count when ``rho`` is a schedule,
+      ``optax.EmptyState()`` for a constant ρ (no counter to update: one kernel less).
 
     Example:
-      >>> import optax, yoto_jax
-      >>> tx = optax.chain(
+      >>> import jax, jax.numpy as jnp, optax, yoto_jax
+      >>> tx = optax.chain(  # coupled: the same as adding 0.1 R(µ) to the loss
       ...     yoto_jax.hyperparameter_decay(0.1, mask=yoto_jax.mu_mask),
       ...     optax.adam(1e-3),
       ... )
+      >>> params = {"w": jnp.ones(2), "yoto_mu": jnp.zeros(1)}
+      >>> decay = yoto_jax.hyperparameter_decay(0.5, mask=yoto_jax.mu_mask)
+      >>> zeros = jax.tree.map(jnp.zeros_like, params)
+      >>> updates, _ = decay.update(zeros, decay.init(params), params)
+      >>> updates  # µ: 0.5 ∇R(0) = 0.5 σ(0); the weights are untouched
+      {'w': Array([0., 0.], dtype=float32), 'yoto_mu': Array([0.25], dtype=float32)}
 
     References:
       Sakaridis, "You Only Train Once", arXiv:2506.04349, Sec. 3.4.
     """
     _checks.non_negative(rho, "rho")
 
-    def init_fn(params: optax.Params) -> HyperparameterDecayState:
+    scheduled = callable(rho)
+
+    def init_fn(params: optax.Params) -> HyperparameterDecayState | optax.EmptyState:
         _mu_groups(params)
-        return HyperparameterDecayState(count=jnp.zeros([], jnp.int32))
+        # Only a schedule reads the step count: a constant ρ (a float, or an array as
+        # under optax.inject_hyperparams) keeps no counter, one kernel less per step.
+        if scheduled:
+            return HyperparameterDecayState(count=jnp.zeros([], jnp.int32))
+        return optax.EmptyState()
 
     def update_fn(updates, state, params=None, **extra_args):
         del extra_args
@@ -113,9 +127,11 @@ def hyperparameter_decay(
             raise ValueError(
                 "hyperparameter_decay needs the current µ: call update(updates, state, params)."
             )
-        strength = rho(state.count) if callable(rho) else rho
+        strength = rho(state.count) if scheduled else rho
         decay = _regularizer_updates(params)
         new_updates = jax.tree.map(lambda u, g: u + (strength * g).astype(u.dtype), updates, decay)
+        if not scheduled:
+            return new_updates, state
         return new_updates, HyperparameterDecayState(optax.safe_increment(state.count))
 
     transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
