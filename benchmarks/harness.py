@@ -89,10 +89,17 @@ def training(
     steps, batch_size, learning_rate, _, _, fresh = task.training
     loop_key = jax.random.split(split_key(key)[1])[0]
     schedule = optax.cosine_decay_schedule(learning_rate, steps)
-    train = yoto_jax.trainer(
-        weighting(config, Setting(task.shared_mask, schedule)), optax.adam(schedule)
-    )
     num_train = jax.tree.leaves(data.train)[0].shape[0]
+    num_val = jax.tree.leaves(data.val)[0].shape[0]
+
+    def primary_val_loss(model_params: Params, key: jax.Array) -> jax.Array:
+        batch_key, loss_key = jax.random.split(key)
+        index = jax.random.randint(batch_key, (batch_size,), 0, num_val)
+        batch = jax.tree.map(lambda x: x[index], data.val)
+        return task.losses(model_params, batch, loss_key)[0]
+
+    setting = Setting(task.shared_mask, schedule, primary_val_loss)
+    train = yoto_jax.trainer(weighting(config, setting), optax.adam(schedule))
 
     def init(model_params: Params) -> yoto_jax.TrainerState:
         return train.init(model_params, len(task.loss_names))
@@ -236,16 +243,64 @@ class MethodRun(NamedTuple):
     selected: np.ndarray  # (seeds,) the configuration picked by validation
 
 
+def run_methods(
+    programs: Programs, methods: Sequence[Method], seeds: Sequence[int], bar: Any = None
+) -> dict[str, MethodRun]:
+    """Trains every configuration of every method for every seed. Methods with the same
+    weighting function share one program: their configurations are stacked, so that
+    it compiles once (a task's fixed weightings; its YOTO variants).
+
+    A shared program's seconds are split over its methods in proportion to their
+    runs (compiling is charged to the first). ``bar`` (a tqdm progress bar) advances
+    by one per method.
+    """
+    task = programs.task
+    groups: dict[MakeWeighting, list[Method]] = {}
+    for method in methods:
+        groups.setdefault(method.weighting, []).append(method)
+    found = {}
+    for weighting, group in groups.items():
+        if bar is not None:
+            bar.set_description(f"{task.name}: {' + '.join(m.name for m in group)}")
+        configs = {m.name: [m.configs(task.num_aux, seed) for seed in seeds] for m in group}
+        flat = [c for m in group for per_seed in configs[m.name] for c in per_seed]
+        keys = jnp.stack(
+            [
+                seed_key(seed)
+                for m in group
+                for seed, per_seed in zip(seeds, configs[m.name])
+                for _ in per_seed
+            ]
+        )
+        timed = programs.run(weighting, flat, keys)
+        start = 0
+        for position, method in enumerate(group):
+            per_seed = len(configs[method.name][0])
+            size = len(seeds) * per_seed
+            results = jax.tree.map(
+                lambda x, start=start, size=size, per_seed=per_seed: x[
+                    start : start + size
+                ].reshape(len(seeds), per_seed, *x.shape[1:]),
+                timed.results,
+            )
+            share = size / len(flat)
+            own = Timed(
+                results,
+                timed.compile_s if position == 0 else 0.0,
+                timed.run_s * share,
+                timed.eval_s * share,
+            )
+            selected = best_index(results["val"][task.metric], task.higher_is_better)
+            found[method.name] = MethodRun(method, configs[method.name], results, own, selected)
+            start += size
+        if bar is not None:
+            bar.update(len(group))
+    return {method.name: found[method.name] for method in methods}
+
+
 def run_method(programs: Programs, method: Method, seeds: Sequence[int]) -> MethodRun:
     """Trains every configuration of `method` for every seed, as one program."""
-    task = programs.task
-    configs = [method.configs(task.num_aux, seed) for seed in seeds]
-    per_seed = len(configs[0])
-    keys = jnp.stack([seed_key(seed) for seed in seeds for _ in range(per_seed)])
-    timed = programs.run(method.weighting, [c for group in configs for c in group], keys)
-    results = jax.tree.map(lambda x: x.reshape(len(seeds), per_seed, *x.shape[1:]), timed.results)
-    selected = best_index(results["val"][task.metric], task.higher_is_better)
-    return MethodRun(method, configs, results, timed, selected)
+    return run_methods(programs, [method], seeds)[method.name]
 
 
 def pick(values: np.ndarray, selected: np.ndarray) -> np.ndarray:

@@ -23,8 +23,11 @@ Choices for this harness (see the library's docstrings for the methods' own note
 * the harness draws batches with replacement, so there are no epochs: DWA's "epoch"
   is a window of ``DWA_WINDOW`` steps;
 * RLW and PCGrad draw from the step's key, so each seed has its own draws;
-* GradNorm's W and the gradient-manipulation methods' shared parameters are the whole
+* GradNorm's W and the gradient-combination methods' shared parameters are the whole
   shared trunk (the task's ``shared_mask``), as in LibMTL;
+* Auto-λ's held-out objective is the primary loss on a random batch of the validation
+  split (the split the grid searches select on), drawn from the step's key, and its
+  lookahead step is the model's learning rate;
 * the baselines' hyperparameters are the references' (the library's defaults); they sit
   in the configuration, as arrays, so a sweep over them is one vmapped program.
 """
@@ -52,6 +55,8 @@ class Setting(NamedTuple):
 
     shared_mask: Callable[[Params], Any]  # model params -> bool tree, True on the trunk
     learning_rate: optax.Schedule  # the model's learning-rate schedule
+    primary_val_loss: Callable[[Params, jax.Array], jax.Array]  # (model params, key) ->
+    # the primary loss on a random validation batch of the training batch's size
 
 
 MakeWeighting = Callable[[Config, Setting], yoto_jax.Weighting]
@@ -81,21 +86,42 @@ def fixed(config: Config, setting: Setting) -> yoto_jax.Weighting:
 
 
 def yoto(config: Config, setting: Setting) -> yoto_jax.Weighting:
-    """The library's default YOTO; ``config = {"eps": (), "rho": ()}``."""
-    return yoto_jax.yoto(config["eps"], config["rho"])
+    """YOTO with every knob an array of the configuration, so that every variant (the
+    library's default, the paper's setting, the studies' and the regime map's points)
+    shares one program: ``eps``, ``rho``, µ's own Adam at ``mu_lr + mu_lr_factor`` x the
+    model's schedule, and the primary ``floor``. ``mu_lr = 0, mu_lr_factor = 1`` is µ on
+    the model's Adam (Adam acts elementwise: the same updates as the paper's setting)."""
 
+    def mu_learning_rate(count: jax.Array) -> jax.Array:
+        return config["mu_lr"] + config["mu_lr_factor"] * setting.learning_rate(count)
 
-def yoto_paper(config: Config, setting: Setting) -> yoto_jax.Weighting:
-    """YOTO as in the paper: µ on the model's Adam, no floor."""
-    return yoto_jax.yoto(config["eps"], config["rho"], mu_learning_rate=None, primary_floor=0.0)
+    return yoto_jax.yoto(
+        config["eps"],
+        config["rho"],
+        mu_tx=optax.adam(mu_learning_rate),
+        primary_floor=config["floor"],
+    )
 
 
 def yoto_config(
-    num_aux: int, eps: float = yoto_jax.DEFAULT_EPS, rho: float = yoto_jax.DEFAULT_RHO
+    num_aux: int,
+    eps: float = yoto_jax.DEFAULT_EPS,
+    rho: float = yoto_jax.DEFAULT_RHO,
+    *,
+    mu_lr: float = yoto_jax.DEFAULT_MU_LEARNING_RATE,
+    mu_lr_factor: float = 0.0,
+    floor: float | None = None,
 ) -> Config:
-    """One YOTO configuration: ε and ρ as float32 scalars (the same for every K)."""
-    del num_aux
-    return {"eps": jnp.float32(eps), "rho": jnp.float32(rho)}
+    """A configuration of `yoto`; the defaults are the library's (``yoto_jax.yoto()``:
+    µ's own Adam at DEFAULT_MU_LEARNING_RATE, the floor 1/(K+1))."""
+    floor = 1.0 / (num_aux + 1) if floor is None else floor
+    values = {"eps": eps, "rho": rho, "mu_lr": mu_lr, "mu_lr_factor": mu_lr_factor}
+    return {**{k: jnp.float32(v) for k, v in values.items()}, "floor": jnp.float32(floor)}
+
+
+def yoto_paper_config(num_aux: int) -> Config:
+    """The paper's setting: µ on the model's Adam, no floor."""
+    return yoto_config(num_aux, mu_lr=0.0, mu_lr_factor=1.0, floor=0.0)
 
 
 def single_config(make: Callable[[int], Config]) -> ConfigsFn:
@@ -146,8 +172,8 @@ METHODS: dict[str, Method] = _table(
     ),
     Method(
         "yoto_paper",
-        yoto_paper,
-        single_config(yoto_config),
+        yoto,
+        single_config(yoto_paper_config),
         "one YOTO run as in the paper: µ on the model's Adam, no floor (the earlier default)",
     ),
     Method(
@@ -199,6 +225,39 @@ METHODS: dict[str, Method] = _table(
             lambda num_aux: {"learning_rate": jnp.float32(0.025), "weight_decay": jnp.float32(1e-3)}
         ),
         "Liu et al. 2023: ξ on its own Adam (lr 0.025, decay 1e-3), losses re-evaluated",
+    ),
+    Method(
+        "auto_lambda",
+        lambda config, setting: baselines.auto_lambda(
+            setting.primary_val_loss, learning_rate=setting.learning_rate, val_takes_key=True
+        ),
+        single_config(no_config),
+        "Liu et al. 2022: λ (init 0.1) by the one-step-lookahead hypergradient of the "
+        "primary validation loss, its own Adam (lr 1e-4)",
+    ),
+    Method(
+        "nash_mtl",
+        lambda config, setting: baselines.nash_mtl(setting.shared_mask),
+        single_config(no_config),
+        "Navon et al. 2022: the bargaining solution on the trunk's gradients, max_norm 1",
+    ),
+    Method(
+        "imtl",
+        lambda config, setting: baselines.imtl(setting.shared_mask),
+        single_config(no_config),
+        "Liu et al. 2021: IMTL-G on the trunk with IMTL-L's learnt loss scales (hybrid)",
+    ),
+    Method(
+        "aligned_mtl",
+        lambda config, setting: baselines.aligned_mtl(setting.shared_mask),
+        single_config(no_config),
+        "Senushkin et al. 2023: the trunk's gradients aligned to condition number 1",
+    ),
+    Method(
+        "upgrad",
+        lambda config, setting: baselines.upgrad(setting.shared_mask),
+        single_config(no_config),
+        "Quinton and Rey 2024: each gradient projected onto the dual cone, averaged",
     ),
 )
 """The benchmarked methods, in the order they are reported."""

@@ -33,11 +33,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import yoto_jax
 from benchmarks import harness, tasks
-from benchmarks.methods import GRID_VALUES, Config, Method, Setting, grid_configs
+from benchmarks.methods import GRID_VALUES, Config, Method, Setting, grid_configs, yoto, yoto_config
 from benchmarks.methods import fixed as fixed_weighting
 
 REFERENCE_MU_LEARNING_RATE = 0.05
@@ -52,24 +51,8 @@ DATA_LEVELS = (("x1", None), ("x8", 8), ("x64", 64), ("fresh", tasks.FRESH))
 
 
 def regime_yoto(config: Config, setting: Setting) -> yoto_jax.Weighting:
-    """YOTO with every knob of the map as an array of its configuration.
-
-    ``config``: ``eps``, ``rho``, ``mu_lr`` (µ's constant Adam learning rate) and
-    ``mu_lr_factor`` (plus this factor times the model's schedule; ``mu_lr = 0,
-    mu_lr_factor = 1`` is µ on the model's Adam, the paper's setting), ``loss_scale``
-    (K+1,) multiplying the losses YOTO sees, and ``floor`` m.
-    """
-
-    def mu_learning_rate(count: jax.Array) -> jax.Array:
-        return config["mu_lr"] + config["mu_lr_factor"] * setting.learning_rate(count)
-
-    weighting = yoto_jax.yoto(
-        config["eps"],
-        config["rho"],
-        mu_tx=optax.adam(mu_learning_rate),
-        primary_floor=config["floor"],
-    )
-    return scaled_losses(weighting, config["loss_scale"])
+    """``benchmarks.methods.yoto`` seeing the losses times ``config["loss_scale"]`` (K+1,)."""
+    return scaled_losses(yoto(config, setting), config["loss_scale"])
 
 
 def scaled_losses(weighting: yoto_jax.Weighting, scale: jax.Array) -> yoto_jax.Weighting:
@@ -100,14 +83,15 @@ class Variant(NamedTuple):
     def config(self, num_aux: int) -> Config:
         loss_scale = np.ones(num_aux + 1, np.float32)
         loss_scale[-1] = self.scale
-        return {
-            "eps": jnp.float32(self.eps),
-            "rho": jnp.float32(self.rho),
-            "mu_lr": jnp.float32(0.0 if self.paper else self.mu_lr),
-            "mu_lr_factor": jnp.float32(1.0 if self.paper else 0.0),
-            "loss_scale": jnp.asarray(loss_scale),
-            "floor": jnp.float32(1.0 / (num_aux + 1) if self.floor else 0.0),
-        }
+        config = yoto_config(
+            num_aux,
+            self.eps,
+            self.rho,
+            mu_lr=0.0 if self.paper else self.mu_lr,
+            mu_lr_factor=1.0 if self.paper else 0.0,
+            floor=None if self.floor else 0.0,
+        )
+        return {**config, "loss_scale": jnp.asarray(loss_scale)}
 
 
 REFERENCE = Variant("reference", "reference")

@@ -45,12 +45,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("results"), help="output directory")
     parser.add_argument("--no-studies", action="store_true", help="skip the ρ/ε/µ-lr studies")
     parser.add_argument(
-        "--no-sequential", action="store_true", help="skip timing the grid run one by one"
+        "--no-sequential",
+        action="store_true",
+        help="skip timing the grid run one by one (always skipped with --quick)",
     )
     parser.add_argument(
         "--regimes", action="store_true", help="also run the regime map (benchmarks/regimes.py)"
     )
+    parser.add_argument(
+        "--fast-compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="XLA:CPU flags that compile ~2.5x faster for about the same step time "
+        "(default: on with --quick; see FAST_COMPILE_FLAGS)",
+    )
     args = parser.parse_args(argv)
+    args.fast_compile = args.quick if args.fast_compile is None else args.fast_compile
+    args.no_sequential = args.no_sequential or args.quick
     args.tasks = _names(args.tasks, tasks.TASKS, "task", parser)
     args.methods = (
         [] if args.methods == "none" else _names(args.methods, ALL_METHODS, "method", parser)
@@ -60,6 +71,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}.")
     return args
+
+
+FAST_COMPILE_FLAGS = (
+    "--xla_cpu_use_fusion_emitters=false",
+    "--xla_backend_optimization_level=2",
+    "--xla_llvm_disable_expensive_passes=true",
+)
+"""XLA:CPU compiler flags for the quick mode. A quick run compiles one training program
+per method and task (about 50), each in 3-5 s with XLA's defaults, which is most of
+its time; with these flags a program compiles about 2.5x faster (measured on the depth
+task: 1.95 s against 5.07 s) and trains at the same speed (2.45 s against 2.50 s)."""
+
+
+def use_fast_compile() -> None:
+    """Adds ``FAST_COMPILE_FLAGS`` to ``XLA_FLAGS``; before JAX starts its backend."""
+    if jax._src.xla_bridge.backends_are_initialized():
+        raise RuntimeError("the XLA flags must be set before JAX starts its backend.")
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    os.environ["XLA_FLAGS"] = " ".join([*flags, *FAST_COMPILE_FLAGS])
 
 
 def _names(text: str, known: tuple[str, ...], what: str, parser) -> list[str]:
@@ -168,17 +198,21 @@ def run_task(name: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict
         "methods": {},
     }
     bar.update()
-    runs = {}
+    grid = studies.grid(args.scale != "full")
+    trained = [METHODS[m] for m in args.methods if m not in search_methods.SEARCHES]
+    study_method = None if args.no_studies else studies.method(grid)
+    runs = harness.run_methods(
+        programs, trained + [study_method] * (not args.no_studies), seeds, bar
+    )
     for method in args.methods:
-        bar.set_description(f"{name}: {method}")
         if method in search_methods.SEARCHES:
+            bar.set_description(f"{name}: {method}")
             entry["methods"][method] = search_methods.run(method, programs, seeds)
+            bar.update()
         else:
-            runs[method] = harness.run_method(programs, METHODS[method], seeds)
             entry["methods"][method] = _method_entry(
                 task, runs[method], with_curves=method.startswith("yoto")
             )
-        bar.update()
     for method, key in (("grid_best", "grid"), ("random_best", "random")):
         if method in runs:
             entry[key] = _configs_entry(task, runs[method])
@@ -190,19 +224,15 @@ def run_task(name: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict
         )
         entry["timing"] = _timing(task, grid_run, sequential)
         bar.update()
-    study = None
-    if not args.no_studies:
-        bar.set_description(f"{name}: studies")
-        grid = studies.grid(args.scale != "full")
-        run = harness.run_method(programs, studies.method(grid), seeds)
-        study = _study_entries(task, grid, run)
-        bar.update()
+    study = None if args.no_studies else _study_entries(task, grid, runs[study_method.name])
     entry["total_s"] = time.perf_counter() - start
     return entry, study
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.fast_compile:
+        use_fast_compile()
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     grid = studies.grid(args.scale != "full")
@@ -219,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()} {platform.processor() or platform.system()}, "
             f"{os.cpu_count()} CPUs, {jax.devices()[0].platform}",
             "jax": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
         },
         "tasks": {},
         "studies": {

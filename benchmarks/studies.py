@@ -1,8 +1,8 @@
 """YOTO's sensitivity studies: ρ, ε and µ's learning rate, trained as one vmapped program.
 
-Every study point is a YOTO run whose µ has its own Adam (``yoto_optimizer(...,
-mu_tx=optax.adam(lr_µ))``) with ``lr_µ = factor x`` the model's learning-rate schedule.
-Adam acts elementwise, so factor 1 is the library's default (µ on the model's optimizer).
+Every study point is a YOTO run of the paper's weights (no floor) whose µ has its own
+Adam at ``factor x`` the model's learning-rate schedule (``benchmarks.methods.yoto``).
+Adam acts elementwise, so factor 1 is the paper's setting (µ on the model's optimizer).
 
 * ``eps``: ε x µ-lr factor, at ρ = DEFAULT_RHO. The factor-1 row is the ε
   sensitivity study; the other rows are the µ-learning-rate study.
@@ -15,19 +15,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax.numpy as jnp
-import optax
-
 import yoto_jax
-from benchmarks.methods import Config, Method, Setting
-
-
-def weighting(config: Config, setting: Setting) -> yoto_jax.Weighting:
-    """YOTO with the paper's weights (no floor) and µ on its own Adam at
-    ``config["mu_lr_factor"]`` times the model's schedule."""
-    mu_tx = optax.adam(lambda count: config["mu_lr_factor"] * setting.learning_rate(count))
-    return yoto_jax.yoto(config["eps"], config["rho"], mu_tx=mu_tx, primary_floor=0.0)
-
+from benchmarks.methods import Config, Method, yoto, yoto_config
 
 EPS_VALUES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 RHO_VALUES = (0.0, 0.01, 0.1, 1.0, 10.0)
@@ -74,8 +63,9 @@ def points(study: Grid) -> list[Point]:
 
 def config(point: Point, num_aux: int) -> Config:
     """The YOTO configuration of a study point."""
-    del num_aux
-    return {name: jnp.float32(value) for name, value in point._asdict().items()}
+    return yoto_config(
+        num_aux, point.eps, point.rho, mu_lr=0.0, mu_lr_factor=point.mu_lr_factor, floor=0.0
+    )
 
 
 def method(study: Grid) -> Method:
@@ -84,4 +74,4 @@ def method(study: Grid) -> Method:
     def configs(num_aux: int, seed: int) -> list[Config]:
         return [config(point, num_aux) for point in points(study)]
 
-    return Method("yoto_studies", weighting, configs, "YOTO's ε, ρ and µ-lr studies")
+    return Method("yoto_studies", yoto, configs, "YOTO's ε, ρ and µ-lr studies")

@@ -111,47 +111,69 @@ def _assert_same(a: dict, b: dict, mu: jax.Array) -> None:
 
 
 def _setting(schedule: optax.Schedule) -> methods.Setting:
-    return methods.Setting(lambda params: True, schedule)
+    return methods.Setting(lambda params: True, schedule, lambda params, key: 0.0)
 
 
-def test_yoto_paper_equals_the_study_path_with_mu_lr_factor_one():
-    """µ on the model's Adam (mu_learning_rate=None) and µ with its own Adam at factor 1 of
-    the model's schedule are the same optimizer: the factor-1 row of the studies is the
-    paper's setting."""
+def test_the_benchmarks_yoto_configurations_are_the_librarys_yoto():
+    """One weighting function runs every YOTO variant of the benchmark: its default
+    configuration is ``yoto_jax.yoto()`` (µ's own Adam at 0.05, the floor 1/(K+1)), its
+    paper configuration ``yoto_jax.yoto(mu_learning_rate=None, primary_floor=0.0)`` (µ on
+    the model's Adam: the same updates, Adam acting elementwise); the regime map's floor
+    variant is the default and the studies' factor-1 points are the paper's setting."""
     schedule = optax.cosine_decay_schedule(3e-3, 20)
     setting = _setting(schedule)
-    paper_tx = methods.yoto_paper(yoto_config(2), setting).optimizer(optax.adam(schedule))
-    config = studies.config(studies.Point(0.1, 0.1, mu_lr_factor=1.0), 2)
-    study_tx = studies.weighting(config, setting).optimizer(optax.adam(schedule))
     mu = yoto_jax.init_mu(2, 0.1)
-    _assert_same(_trained(paper_tx, mu), _trained(study_tx, mu), mu)
-
-
-def test_yoto_default_is_the_regime_maps_primary_floor_variant():
-    """The library's default path (µ on its own Adam, the weights floored at 1/(K+1) as
-    LossWeights does) is the regime map's "primary floor" point: same optimizer, same
-    gradients and weights."""
-    schedule = optax.cosine_decay_schedule(3e-3, 20)
-    setting = _setting(schedule)
-    default = methods.yoto(yoto_config(2), setting)
-    regime = regimes.regime_yoto(regimes.FLOOR.config(2), setting)
-    mu = yoto_jax.init_mu(2, 0.1)
-    _assert_same(
-        _trained(default.optimizer(optax.adam(schedule)), mu),
-        _trained(regime.optimizer(optax.adam(schedule)), mu),
-        mu,
-    )
-    assert regimes.REFERENCE_MU_LEARNING_RATE == yoto_jax.DEFAULT_MU_LEARNING_RATE
+    pairs = [
+        (methods.yoto(yoto_config(2), setting), yoto_jax.yoto()),
+        (
+            methods.yoto(methods.yoto_paper_config(2), setting),
+            yoto_jax.yoto(mu_learning_rate=None, primary_floor=0.0),
+        ),
+    ]
     params = {yoto_jax.MU_KEY: jnp.array([0.3, -2.0])}
-    np.testing.assert_allclose(default.weights(params, ()), regime.weights(params, ()), rtol=1e-6)
 
     def losses_fn(theta: jax.Array) -> jax.Array:
         return jnp.array([0.5, 0.2, 0.9]) * jnp.array([theta**2, theta, 1.0 + theta])
 
-    got, expected = (w.step(losses_fn, jnp.float32(1.5), params, ()) for w in (regime, default))
-    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(x, y, rtol=1e-6)
-    assert float(default.weights(params, ())[0]) >= 1 / 3
+    for got, expected in pairs:
+        _assert_same(
+            _trained(got.optimizer(optax.adam(schedule)), mu),
+            _trained(expected.optimizer(optax.adam(schedule)), mu),
+            mu,
+        )
+        np.testing.assert_allclose(got.weights(params, ()), expected.weights(params, ()))
+        results = (w.step(losses_fn, jnp.float32(1.5), params, ()) for w in (got, expected))
+        for x, y in zip(*(jax.tree.leaves(r) for r in results)):
+            np.testing.assert_allclose(x, y, rtol=1e-6)
+    assert float(pairs[0][0].weights(params, ())[0]) >= 1 / 3
+    floor = regimes.FLOOR.config(2)
+    assert set(floor) == {*yoto_config(2), "loss_scale"}
+    for name, value in yoto_config(2).items():
+        np.testing.assert_array_equal(floor[name], value)
+    np.testing.assert_array_equal(floor["loss_scale"], np.ones(3))
+    assert regimes.REFERENCE_MU_LEARNING_RATE == yoto_jax.DEFAULT_MU_LEARNING_RATE
+    study = studies.config(studies.Point(0.1, 0.1, mu_lr_factor=1.0), 2)
+    for name, value in methods.yoto_paper_config(2).items():
+        np.testing.assert_array_equal(study[name], value)
+
+
+def test_methods_sharing_a_weighting_share_one_program_and_keep_their_results():
+    """grid_best, random_best and equal train as one program of 19 runs; each method's
+    results equal its own program's (the same runs: keys and configurations)."""
+    task = tasks.build("multidigits", "tiny")
+    programs = harness.Programs(task)
+    names = ("grid_best", "random_best", "equal")
+    together = harness.run_methods(programs, [methods.METHODS[n] for n in names], [0, 1])
+    assert len(programs._compiled) == 1
+    for name in names:
+        alone = harness.run_method(harness.Programs(task), methods.METHODS[name], [0, 1])
+        np.testing.assert_allclose(
+            together[name].results["test"][task.metric],
+            alone.results["test"][task.metric],
+            rtol=1e-5,
+        )
+        np.testing.assert_array_equal(together[name].selected, alone.selected)
+    assert together["random_best"].timed.compile_s == 0.0 < together["grid_best"].timed.compile_s
 
 
 @pytest.mark.parametrize("name", ["depth", "segmentation"])

@@ -29,7 +29,7 @@ _POOLS = (0.4, 0.2, 0.4)  # fractions of the digit images for train, val, test p
 
 _SCALES = {  # width: the MLP's hidden size
     "full": Scale((128, 512, 1024), Training(600, 32, 3e-3, 30, 256), width=64),
-    "quick": Scale((128, 512, 512), Training(400, 32, 3e-3, 40, 256), width=64),
+    "quick": Scale((128, 512, 512), Training(240, 32, 3e-3, 40, 256), width=64),
     "tiny": Scale((16, 16, 16), Training(6, 8, 3e-3, 3, 16), width=16),
 }
 

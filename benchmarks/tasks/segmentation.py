@@ -42,8 +42,8 @@ _SCALES = {  # the student's scale, and the teacher's (its val split is only for
         Scale((512, 64, 0), Training(400, 16, 3e-3, 400, 64), width=16),
     ),
     "quick": (
-        Scale((16, 128, 128), Training(300, 8, 3e-3, 20, 64), width=16),
-        Scale((256, 64, 0), Training(250, 16, 3e-3, 250, 64), width=16),
+        Scale((16, 128, 128), Training(120, 8, 3e-3, 20, 64), width=16),
+        Scale((256, 64, 0), Training(150, 16, 3e-3, 150, 64), width=16),
     ),
     "tiny": (
         Scale((8, 8, 8), Training(6, 4, 3e-3, 3, 8), width=4),
