@@ -7,8 +7,9 @@ batches and Adam, one run), with the task cut to ``--steps`` training steps and 
 evaluation chunk per split, so a run is almost all training steps. Every round runs
 each method's compiled program once, in an order that alternates between rounds;
 the report gives the median seconds per step over rounds and the ratio of each
-method's median to fixed weights' (``equal``). GradNorm, PCGrad, MGDA and CAGrad
-take T backward passes per step, FAMO one extra forward pass.
+method's median to fixed weights' (``equal``). GradNorm, PCGrad, MGDA, CAGrad, Nash-MTL,
+IMTL, Aligned-MTL and UPGrad take T backward passes per step, FAMO one extra forward
+pass, Auto-λ a validation forward and backward pass and a forward-mode pass.
 """
 
 from __future__ import annotations
@@ -29,7 +30,20 @@ from benchmarks.methods import GRADIENT_METHODS, METHODS, Method
 from benchmarks.tasks import build
 from benchmarks.tasks.base import Splits, Task
 
-BASELINES = ("equal", "yoto", "uncertainty", "dwa", "rlw", "gradnorm", "famo")
+BASELINES = (
+    "equal",
+    "yoto",
+    "uncertainty",
+    "dwa",
+    "rlw",
+    "gradnorm",
+    "famo",
+    "auto_lambda",
+    "nash_mtl",
+    "imtl",
+    "aligned_mtl",
+    "upgrad",
+)
 
 
 def timing_task(task: Task, steps: int) -> Task:

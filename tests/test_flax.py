@@ -175,7 +175,7 @@ def nnx_methods():
     """One factory per kind: objective-based with params (YOTO, uncertainty), with state
     (DWA), random (RLW), re-evaluating after the step (FAMO), gradient-norm (GradNorm) and
     gradient manipulation (MGDA)."""
-    trunk = lambda params: jax.tree.map(lambda _: True, params)  # noqa: E731
+    trunk = lambda params: jax.tree.map(lambda _: True, params)
     return {
         "yoto": lambda: yoto_jax.yoto(EPS),
         "uncertainty": yoto_jax.baselines.uncertainty,

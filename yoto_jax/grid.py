@@ -157,6 +157,12 @@ def random_loss_weights(
 
     Returns:
       An array of shape (num, K+1), float32, with column 0 equal to 1.
+
+    Example:
+      >>> import jax
+      >>> weights = random_loss_weights(jax.random.key(0), num=9, num_aux=2)
+      >>> weights.shape, bool((weights[:, 1:] >= 0.01).all() & (weights[:, 1:] <= 1.0).all())
+      ((9, 3), True)
     """
     num_aux = _checks.positive_int(num_aux, "num_aux")
     _checks.positive_int(num, "num")

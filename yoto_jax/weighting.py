@@ -103,6 +103,15 @@ class Weighting(NamedTuple):
       weights: ``weights(params, state) -> (T,)``: the current weights, for logging.
       optimizer: ``optimizer(tx) -> tx'``: the optimizer over the tree
         ``{"model": ..., "weighting": params}``, built from the model's ``tx``.
+
+    Example:
+      >>> import jax.numpy as jnp, yoto_jax
+      >>> weighting = yoto_jax.baselines.uncertainty()  # or yoto_jax.yoto(), ...
+      >>> params, state = weighting.init(2)
+      >>> losses_fn = lambda w: jnp.array([w**2, (w - 1.0) ** 2])
+      >>> result = weighting.step(losses_fn, jnp.float32(0.5), params, state)
+      >>> result.losses, result.weights  # the weights 1/(2σ²) at s = 0
+      (Array([0.25, 0.25], dtype=float32), Array([0.5, 0.5], dtype=float32))
     """
 
     init: Callable[[int], tuple[dict[str, jax.Array], Any]]
