@@ -32,8 +32,9 @@ One rule holds for all methods:
 are the coefficients λ the method puts on the losses' gradients, on the method's own
 scale: the model's update direction is :math:`\sum_i λ_i \nabla l_i` (YOTO's λ sums to 1,
 DWA's and GradNorm's to T, uncertainty weighting's are :math:`1/(2σ_i^2)`, a fixed
-weighting's are what you gave it). Gradient-manipulation methods (PCGrad, MGDA,
-CAGrad) combine gradients rather than losses and report ones. To compare methods,
+weighting's are what you gave it; Nash-MTL's are its α, Auto-λ's its λ, IMTL's its
+loss scales). Methods that combine the shared gradients without loss weights (PCGrad,
+MGDA, CAGrad, Aligned-MTL, UPGrad) report ones. To compare methods,
 or to turn weights into the grid's parametrisation (the primary's weight fixed at 1),
 use :func:`relative_weights`: :math:`λ_i / λ_0`.
 """
