@@ -20,7 +20,7 @@ from benchmarks.tasks.base import Batch, Params, Scale, Task, Training, grow_tra
 
 _SCALES = {
     "full": Scale((16, 128, 256), Training(400, 8, 3e-3, 20, 64), width=16),
-    "quick": Scale((16, 128, 128), Training(120, 8, 3e-3, 20, 64), width=16),
+    "quick": Scale((16, 128, 128), Training(90, 8, 3e-3, 15, 64), width=16),
     "tiny": Scale((8, 8, 8), Training(6, 4, 3e-3, 3, 8), width=4),
 }
 

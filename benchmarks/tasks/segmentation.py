@@ -42,7 +42,7 @@ _SCALES = {  # the student's scale, and the teacher's (its val split is only for
         Scale((512, 64, 0), Training(400, 16, 3e-3, 400, 64), width=16),
     ),
     "quick": (
-        Scale((16, 128, 128), Training(120, 8, 3e-3, 20, 64), width=16),
+        Scale((16, 128, 128), Training(90, 8, 3e-3, 15, 64), width=16),
         Scale((256, 64, 0), Training(150, 16, 3e-3, 150, 64), width=16),
     ),
     "tiny": (
