@@ -152,7 +152,9 @@ def _configs_entry(task: tasks.Task, run: harness.MethodRun) -> dict[str, Any]:
 
 
 def _timing(task: tasks.Task, grid: harness.MethodRun, sequential: harness.Timed) -> dict:
-    """The grid as one vmapped program against its seed-0 configurations one by one."""
+    """The grid's vmapped program against its seed-0 configurations one by one. The
+    vmapped program is the one the grid shares with random search and equal weights
+    (every run in it costs the same), so its per-run time is its share of that program."""
     vmapped_runs = grid.results["weights"].shape[0] * grid.results["weights"].shape[1]
     per_run_vmapped = grid.timed.run_s / vmapped_runs
     per_run_sequential = sequential.run_s / len(sequential.results["weights"])
@@ -217,7 +219,7 @@ def run_task(name: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict
     trained = [METHODS[m] for m in args.methods if m not in search_methods.SEARCHES]
     study_method = None if args.no_studies else studies.method(grid)
     runs = harness.run_methods(
-        programs, trained + [study_method] * (not args.no_studies), seeds, bar
+        programs, trained + ([] if study_method is None else [study_method]), seeds, bar
     )
     for method in args.methods:
         if method in search_methods.SEARCHES:
