@@ -1,7 +1,16 @@
 """Shared fixtures."""
 
+import zlib
+
 import jax
+import numpy as np
 import pytest
+
+
+@pytest.fixture
+def rng(request):
+    """A NumPy generator seeded by the test's id: the same draws in any order or worker."""
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ weights, and then the model's step with the *new* weights.
 """
 
 import importlib
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +18,6 @@ import yoto_jax
 from yoto_jax import baselines as bl
 
 auto_lambda_module = importlib.import_module("yoto_jax.baselines.auto_lambda")
-
-
-@pytest.fixture
-def rng(request):
-    """A NumPy generator seeded by the test's id: the same draws in any order or worker."""
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def recording_tx():

@@ -6,7 +6,6 @@ in plain NumPy, in float64, without the library's code paths. Each method is a
 """
 
 import math
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +18,6 @@ from yoto_jax import baselines as bl
 from yoto_jax.baselines._common import weighted_loss
 from yoto_jax.baselines.gradnorm import GRADNORM_KEY
 from yoto_jax.baselines.uncertainty import UNCERTAINTY_KEY
-
-
-@pytest.fixture
-def rng(request):
-    """A NumPy generator seeded by the test's id: the same draws in any order or worker."""
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def softmax(x):

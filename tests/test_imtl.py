@@ -4,31 +4,18 @@ import contextlib
 import doctest
 import importlib
 import re
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _per_loss import apply, apply_traced
 
 import yoto_jax
 from yoto_jax import baselines as bl
 from yoto_jax.baselines.imtl import IMTL_KEY
 from yoto_jax.weighting import objective_weighting
-
-
-@pytest.fixture
-def rng(request):
-    """A NumPy generator seeded by the test's id: the same draws in any order or worker."""
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-def apply(tx, grads, dtype=jnp.float32):
-    """One update of ``tx`` on a single shared leaf from the (T, n) per-loss gradients."""
-    per_loss = {"w": jnp.asarray(grads, dtype)}
-    updates = jax.tree.map(lambda g: g.sum(0), per_loss)
-    return np.asarray(tx.update(updates, tx.init(None), per_loss_grads=per_loss)[0]["w"])
 
 
 def imtl_g_reference(grads):
@@ -308,11 +295,6 @@ def test_every_product_is_at_highest_precision(scope):
     precisions = DOT.findall(text)
     assert len(precisions) == text.count("stablehlo.dot_general") >= 4
     assert set(precisions) == {("HIGHEST", "HIGHEST")}
-
-
-def apply_traced(tx, grads):
-    per_loss = {"w": grads}
-    return tx.update({"w": grads.sum(0)}, tx.init(None), per_loss_grads=per_loss)[0]["w"]
 
 
 def test_the_docstring_examples_run():

@@ -4,7 +4,6 @@ published algorithms, and as weightings of the contract."""
 import contextlib
 import itertools
 import re
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -14,12 +13,6 @@ import pytest
 
 import yoto_jax
 from yoto_jax import baselines as bl
-
-
-@pytest.fixture
-def rng(request):
-    """A NumPy generator seeded by the test's id: the same draws in any order or worker."""
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def summed(per_loss):

@@ -11,7 +11,6 @@ solution), the gradient of Σ α_i l_i on every parameter, the shared part clipp
 import contextlib
 import importlib
 import re
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +23,6 @@ import yoto_jax
 from yoto_jax import baselines as bl
 
 nash_module = importlib.import_module("yoto_jax.baselines.nash_mtl")
-
-
-@pytest.fixture
-def rng(request):
-    """A NumPy generator seeded by the test's id: the same draws in any order or worker."""
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def scipy_nash(gram):

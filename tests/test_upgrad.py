@@ -5,30 +5,17 @@ import doctest
 import importlib
 import itertools
 import re
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _per_loss import apply, apply_traced
 
 import yoto_jax
 from yoto_jax import baselines as bl
 from yoto_jax.baselines.upgrad import _max_iterations, _nonnegative_qp
-
-
-@pytest.fixture
-def rng(request):
-    """A NumPy generator seeded by the test's id: the same draws in any order or worker."""
-    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
-
-
-def apply(tx, grads, dtype=jnp.float32):
-    """One update of ``tx`` on a single shared leaf from the (T, n) per-loss gradients."""
-    per_loss = {"w": jnp.asarray(grads, dtype)}
-    updates = jax.tree.map(lambda g: g.sum(0), per_loss)
-    return np.asarray(tx.update(updates, tx.init(None), per_loss_grads=per_loss)[0]["w"])
 
 
 def qp_by_enumeration(a, lower):
@@ -287,11 +274,6 @@ def test_traced_hyperparameters_under_vmap():
 def test_bad_input_is_rejected_with_a_clear_error(call, error, message):
     with pytest.raises(error, match=message):
         call()
-
-
-def apply_traced(tx, grads):
-    per_loss = {"w": grads}
-    return tx.update({"w": grads.sum(0)}, tx.init(None), per_loss_grads=per_loss)[0]["w"]
 
 
 DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")
