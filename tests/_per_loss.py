@@ -1,5 +1,10 @@
-"""One update of a gradient-combination transformation on a single shared leaf."""
+"""Helpers of the gradient-combination tests: one update on a single shared leaf, and the
+check that every product asks for full precision."""
 
+import contextlib
+import re
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -13,3 +18,18 @@ def apply_traced(tx, grads):
 def apply(tx, grads, dtype=jnp.float32):
     """``apply_traced`` of ``grads`` cast to ``dtype``, as a NumPy array."""
     return np.asarray(apply_traced(tx, jnp.asarray(grads, dtype)))
+
+
+DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")
+
+
+def assert_every_dot_is_highest(fn, arg, scope, minimum):
+    """Every dot of ``jax.jit(fn)`` lowered at ``arg`` asks for HIGHEST precision (at least
+    ``minimum`` dots), also under the default-precision ``scope``. XLA:CPU computes float32
+    dots fully whatever they ask, so only the lowered program can show it; on GPUs a dot
+    that does not ask runs in TF32."""
+    with jax.default_matmul_precision(scope) if scope else contextlib.nullcontext():
+        text = jax.jit(fn).lower(arg).as_text()
+    precisions = DOT.findall(text)
+    assert len(precisions) == text.count("stablehlo.dot_general") >= minimum
+    assert set(precisions) == {("HIGHEST", "HIGHEST")}

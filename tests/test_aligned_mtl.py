@@ -1,16 +1,14 @@
 """Aligned-MTL against a NumPy reference of the authors' ``ProcrustesSolver``."""
 
-import contextlib
 import doctest
 import importlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _per_loss import apply, apply_traced
+from _per_loss import apply, apply_traced, assert_every_dot_is_highest
 
 import yoto_jax
 from yoto_jax import baselines as bl
@@ -213,19 +211,12 @@ def test_bad_input_is_rejected_with_a_clear_error(call, error, message):
         call()
 
 
-DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")
-
-
 @pytest.mark.parametrize("scope", [None, "tensorfloat32", "bfloat16"])
 def test_every_product_is_at_highest_precision(scope):
     """Only the lowered program shows it on CPU: every dot (Gram matrix, B w, the
     combination) must ask for HIGHEST, also under a lowered default precision."""
     tx = bl.aligned_mtl_transformation(True, task_weights=jnp.array([1.0, 0.5, 0.5, 0.5]))
-    with jax.default_matmul_precision(scope) if scope else contextlib.nullcontext():
-        text = jax.jit(lambda g: apply_traced(tx, g)).lower(jnp.ones((4, 10))).as_text()
-    precisions = DOT.findall(text)
-    assert len(precisions) == text.count("stablehlo.dot_general") >= 4
-    assert set(precisions) == {("HIGHEST", "HIGHEST")}
+    assert_every_dot_is_highest(lambda g: apply_traced(tx, g), jnp.ones((4, 10)), scope, 4)
 
 
 def test_the_docstring_examples_run():

@@ -1,16 +1,14 @@
 """IMTL (IMTL-G, IMTL-L and the hybrid) against NumPy references of the published update."""
 
-import contextlib
 import doctest
 import importlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _per_loss import apply, apply_traced
+from _per_loss import apply, apply_traced, assert_every_dot_is_highest
 
 import yoto_jax
 from yoto_jax import baselines as bl
@@ -277,9 +275,6 @@ def test_bad_input_is_rejected_with_a_clear_error(call, error, message):
         call()
 
 
-DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")
-
-
 @pytest.mark.parametrize("scope", [None, "tensorfloat32", "bfloat16"])
 def test_every_product_is_at_highest_precision(scope):
     """XLA:CPU computes float32 dots fully whatever they ask, so only the lowered program
@@ -287,14 +282,7 @@ def test_every_product_is_at_highest_precision(scope):
     under a lowered default (on GPUs float32 matmuls otherwise run in TF32)."""
     tx = bl.imtl_transformation(True)
 
-    def update(grads):
-        return apply_traced(tx, grads)
-
-    with jax.default_matmul_precision(scope) if scope else contextlib.nullcontext():
-        text = jax.jit(update).lower(jnp.ones((4, 10), jnp.float32)).as_text()
-    precisions = DOT.findall(text)
-    assert len(precisions) == text.count("stablehlo.dot_general") >= 4
-    assert set(precisions) == {("HIGHEST", "HIGHEST")}
+    assert_every_dot_is_highest(lambda g: apply_traced(tx, g), jnp.ones((4, 10)), scope, 4)
 
 
 def test_the_docstring_examples_run():

@@ -1,15 +1,14 @@
 """PCGrad, MGDA and CAGrad as Optax transformations, against NumPy references of the
 published algorithms, and as weightings of the contract."""
 
-import contextlib
 import itertools
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _per_loss import assert_every_dot_is_highest
 
 import yoto_jax
 from yoto_jax import baselines as bl
@@ -314,9 +313,6 @@ def test_a_chain_without_the_per_loss_gradients_fails_at_trace_time():
         jax.jit(tx.update)(params, tx.init(params), params)
 
 
-DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")
-
-
 @pytest.mark.parametrize("scope", [None, "tensorfloat32", "bfloat16", "BF16_BF16_F32"])
 @pytest.mark.parametrize(
     "update, minimum_dots",
@@ -333,12 +329,7 @@ def test_every_product_in_the_solvers_is_at_highest_precision(update, minimum_do
     in full float32 whatever the precision says, so the numbers cannot show it here; the
     lowered program can: every dot of the solvers, the Gram matrix included, must ask
     for HIGHEST, also where the caller lowered the default (``jax.default_matmul_precision``)."""
-    grads = jnp.ones((4, 10), jnp.float32)
-    with jax.default_matmul_precision(scope) if scope else contextlib.nullcontext():
-        text = jax.jit(update).lower(grads).as_text()
-    precisions = DOT.findall(text)
-    assert len(precisions) == text.count("stablehlo.dot_general") >= minimum_dots
-    assert set(precisions) == {("HIGHEST", "HIGHEST")}
+    assert_every_dot_is_highest(update, jnp.ones((4, 10), jnp.float32), scope, minimum_dots)
 
 
 def cagrad_objective(grads, c):

@@ -8,15 +8,14 @@ solution), the gradient of Σ α_i l_i on every parameter, the shared part clipp
 ``torch.nn.utils.clip_grad_norm_``.
 """
 
-import contextlib
 import importlib
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _per_loss import assert_every_dot_is_highest
 from scipy.optimize import minimize
 
 import yoto_jax
@@ -135,9 +134,6 @@ def test_too_few_iterations_fall_back_and_enough_converge(rng):
     )
 
 
-DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")
-
-
 @pytest.mark.parametrize("scope", [None, "tensorfloat32", "bfloat16"])
 def test_every_product_is_at_highest_precision(scope):
     """As for MGDA and CAGrad: on GPUs float32 matmuls default to TF32 unless asked. The
@@ -152,12 +148,8 @@ def test_every_product_is_at_highest_precision(scope):
     def step(model):
         return weighting.step(losses_fn, model, params, state).model_grads
 
-    with jax.default_matmul_precision(scope) if scope else contextlib.nullcontext():
-        for fn, arg, minimum in [(step, model, 8), (bl.nash_mtl_weights, jnp.eye(3), 4)]:
-            text = jax.jit(fn).lower(arg).as_text()
-            precisions = DOT.findall(text)
-            assert len(precisions) == text.count("stablehlo.dot_general") >= minimum
-            assert set(precisions) == {("HIGHEST", "HIGHEST")}
+    for fn, arg, minimum in [(step, model, 8), (bl.nash_mtl_weights, jnp.eye(3), 4)]:
+        assert_every_dot_is_highest(fn, arg, scope, minimum)
 
 
 # The published update over several steps, in NumPy ------------------------------------

@@ -1,17 +1,15 @@
 """UPGrad and its quadratic-program solver against independent float64 references."""
 
-import contextlib
 import doctest
 import importlib
 import itertools
-import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _per_loss import apply, apply_traced
+from _per_loss import apply, apply_traced, assert_every_dot_is_highest
 
 import yoto_jax
 from yoto_jax import baselines as bl
@@ -276,20 +274,13 @@ def test_bad_input_is_rejected_with_a_clear_error(call, error, message):
         call()
 
 
-DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")
-
-
 @pytest.mark.parametrize("scope", [None, "tensorfloat32", "bfloat16"])
 def test_every_product_is_at_highest_precision(scope):
     """Only the lowered program shows it on CPU: every dot (Gram matrix, the solver's
     products, the combination) must ask for HIGHEST, also under a lowered default. The
     solver's linear solves are elementwise eliminations, with no dot at all."""
     tx = bl.upgrad_transformation(True)
-    with jax.default_matmul_precision(scope) if scope else contextlib.nullcontext():
-        text = jax.jit(lambda g: apply_traced(tx, g)).lower(jnp.ones((4, 10))).as_text()
-    precisions = DOT.findall(text)
-    assert len(precisions) == text.count("stablehlo.dot_general") >= 3
-    assert set(precisions) == {("HIGHEST", "HIGHEST")}
+    assert_every_dot_is_highest(lambda g: apply_traced(tx, g), jnp.ones((4, 10)), scope, 3)
 
 
 def test_the_docstring_examples_run():
