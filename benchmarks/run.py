@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,12 +100,22 @@ def use_compilation_cache(directory: Path) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
-def use_fast_compile() -> None:
-    """Adds ``FAST_COMPILE_FLAGS`` to ``XLA_FLAGS``; before JAX starts its backend."""
-    if jax._src.xla_bridge.backends_are_initialized():
-        raise RuntimeError("the XLA flags must be set before JAX starts its backend.")
-    flags = os.environ.get("XLA_FLAGS", "").split()
-    os.environ["XLA_FLAGS"] = " ".join([*flags, *FAST_COMPILE_FLAGS])
+def use_fast_compile() -> bool:
+    """Adds ``FAST_COMPILE_FLAGS`` to ``XLA_FLAGS`` (before JAX starts its backend) if this
+    JAX's XLA knows them: XLA aborts on an unknown flag, and flags come and go between
+    versions, so a subprocess tries them first. Returns whether they were added."""
+    flags = " ".join([*os.environ.get("XLA_FLAGS", "").split(), *FAST_COMPILE_FLAGS])
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.devices('cpu')"],
+        env={**os.environ, "XLA_FLAGS": flags},
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        print("this XLA does not know the fast-compile flags: compiling with its defaults")
+        return False
+    os.environ["XLA_FLAGS"] = flags
+    return True
 
 
 def _names(text: str, known: tuple[str, ...], what: str, parser) -> list[str]:
@@ -249,7 +260,7 @@ def run_task(name: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.fast_compile:
-        use_fast_compile()
+        args.fast_compile = use_fast_compile()
     if str(args.compilation_cache) != "none":
         use_compilation_cache(args.compilation_cache)
     args.out.mkdir(parents=True, exist_ok=True)
