@@ -15,9 +15,9 @@ import pytest
 
 import yoto_jax
 from yoto_jax import baselines as bl
-from yoto_jax.baselines._common import weighted_loss
 from yoto_jax.baselines.gradnorm import GRADNORM_KEY
 from yoto_jax.baselines.uncertainty import UNCERTAINTY_KEY
+from yoto_jax.weighting import weighted_loss
 
 
 def softmax(x):

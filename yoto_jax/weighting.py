@@ -133,9 +133,32 @@ def same_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransforma
     return tx
 
 
+def weighted_loss(weights: ArrayLike, losses: ArrayLike) -> jax.Array:
+    r"""The model's loss :math:`\sum_i \operatorname{sg}(λ_i)\, l_i` for constant weights λ.
+
+    No gradient flows into ``weights`` (``jax.lax.stop_gradient``): the methods that
+    use this form (equal weights, DWA, RLW, FAMO) set λ from loss statistics, not by
+    descending the model's loss.
+
+    Args:
+      weights: λ, shape (T,).
+      losses: the scalar losses, shape (T,).
+
+    Returns:
+      The scalar weighted sum, float32 or wider.
+    """
+    losses = loss_vector(losses)
+    weights = _checks.floating_array(weights, "weights")
+    if weights.shape != losses.shape:
+        raise ValueError(
+            f"weights must have the shape of losses {losses.shape}, got {weights.shape}."
+        )
+    return jnp.dot(jax.lax.stop_gradient(weights).astype(losses.dtype), losses)
+
+
 def objective_weighting(
     init: Callable[[int], tuple[dict[str, jax.Array], Any]],
-    objective: Callable[[dict[str, jax.Array], Any, jax.Array, jax.Array | None], jax.Array],
+    objective: Callable[[dict[str, jax.Array], Any, jax.Array, jax.Array | None], jax.Array] | None,
     applied: Callable[[dict[str, jax.Array], Any, jax.Array, jax.Array | None], jax.Array],
     weights: Callable[[dict[str, jax.Array], Any], jax.Array],
     *,
@@ -149,8 +172,9 @@ def objective_weighting(
 
     ``objective(params, state, losses, key)`` is differentiated with respect to the
     model's parameters (through ``losses``) and to ``params``: one forward and one
-    backward pass. ``applied(params, state, losses, key)`` gives the weights applied
-    at the step; ``next_state(state, losses)`` the state after it (default: unchanged).
+    backward pass; None is :func:`weighted_loss` of the applied weights (methods that
+    set constant weights from loss statistics). ``applied(params, state, losses, key)``
+    gives the weights applied at the step; ``next_state(state, losses)`` the state after it (default: unchanged).
     Methods of this shape: fixed and equal weights, YOTO, uncertainty weighting, DWA,
     RLW, FAMO.
     """
@@ -165,6 +189,8 @@ def objective_weighting(
     ) -> WeightingStep:
         def total(model_params: Params, params: dict[str, jax.Array]):
             losses = losses_fn(model_params)
+            if objective is None:
+                return weighted_loss(applied(params, state, losses, key), losses), losses
             return objective(params, state, losses, key), losses
 
         grad_fn = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)

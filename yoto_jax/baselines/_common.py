@@ -6,12 +6,7 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.typing import ArrayLike
-
-from yoto_jax import _checks
-from yoto_jax.weighting import loss_vector
 
 
 @jax.tree_util.register_static
@@ -55,26 +50,3 @@ def prng_key(seed: int | jax.Array) -> jax.Array:
     if not isinstance(seed, jax.Array):
         raise TypeError(f"seed must be an int or a PRNG key, got {type(seed).__name__}.")
     return seed
-
-
-def weighted_loss(weights: ArrayLike, losses: ArrayLike) -> jax.Array:
-    r"""The model's loss :math:`\sum_i \operatorname{sg}(λ_i)\, l_i` for constant weights λ.
-
-    No gradient flows into ``weights`` (``jax.lax.stop_gradient``): the methods that
-    use this form (equal weights, DWA, RLW, FAMO) set λ from loss statistics, not by
-    descending the model's loss.
-
-    Args:
-      weights: λ, shape (T,).
-      losses: the scalar losses, shape (T,).
-
-    Returns:
-      The scalar weighted sum, float32 or wider.
-    """
-    losses = loss_vector(losses)
-    weights = _checks.floating_array(weights, "weights")
-    if weights.shape != losses.shape:
-        raise ValueError(
-            f"weights must have the shape of losses {losses.shape}, got {weights.shape}."
-        )
-    return jnp.dot(jax.lax.stop_gradient(weights).astype(losses.dtype), losses)

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import weighted_loss
 from yoto_jax.weighting import Weighting, loss_vector, objective_weighting
 
 DEFAULT_DWA_TEMPERATURE = 2.0
@@ -90,9 +89,6 @@ def dwa(steps_per_epoch: int, temperature: float = DEFAULT_DWA_TEMPERATURE) -> W
         losses = loss_vector(losses, state.loss_sum.shape[0])
         return jax.lax.stop_gradient(weights(params, state).astype(losses.dtype))
 
-    def objective(params, state: DWAState, losses, key) -> jax.Array:
-        return weighted_loss(applied(params, state, losses, key), losses)
-
     def next_state(state: DWAState, losses: jax.Array) -> DWAState:
         losses = loss_vector(losses, state.loss_sum.shape[0])
         loss_sum = state.loss_sum + losses.astype(state.loss_sum.dtype)
@@ -106,4 +102,4 @@ def dwa(steps_per_epoch: int, temperature: float = DEFAULT_DWA_TEMPERATURE) -> W
             epochs=state.epochs + epoch_done.astype(jnp.int32),
         )
 
-    return objective_weighting(init, objective, applied, weights, next_state=next_state)
+    return objective_weighting(init, None, applied, weights, next_state=next_state)

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import optax
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import weighted_loss
 from yoto_jax.weighting import (
     LossesFn,
     Params,
@@ -110,9 +109,6 @@ def famo(
         scaled = jax.nn.softmax(state.logits).astype(losses.dtype) / (losses + _OFFSET)
         return jax.lax.stop_gradient(scaled / jnp.sum(scaled))
 
-    def objective(params, state: FAMOState, losses, key) -> jax.Array:
-        return weighted_loss(applied(params, state, losses, key), losses)
-
     def weights(params: dict[str, jax.Array], state: FAMOState) -> jax.Array:
         return jax.nn.softmax(state.logits)
 
@@ -132,4 +128,4 @@ def famo(
         updates, opt_state = logits_tx.update(grad, state.opt_state, state.logits)
         return FAMOState(logits=optax.apply_updates(state.logits, updates), opt_state=opt_state)
 
-    return objective_weighting(init, objective, applied, weights, after_update=after_update)
+    return objective_weighting(init, None, applied, weights, after_update=after_update)

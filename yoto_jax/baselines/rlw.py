@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from yoto_jax import _checks
-from yoto_jax.baselines._common import NumLosses, weighted_loss
+from yoto_jax.baselines._common import NumLosses
 from yoto_jax.weighting import Weighting, loss_vector, objective_weighting, require_key
 
 
@@ -56,10 +56,7 @@ def rlw() -> Weighting:
         logits = jax.random.normal(require_key(key, "rlw"), losses.shape, losses.dtype)
         return jax.nn.softmax(logits)
 
-    def objective(params, state: NumLosses, losses, key) -> jax.Array:
-        return weighted_loss(applied(params, state, losses, key), losses)
-
     def weights(params: dict[str, jax.Array], state: NumLosses) -> jax.Array:
         return jnp.full((state.num_losses,), 1.0 / state.num_losses, jnp.float32)
 
-    return objective_weighting(init, objective, applied, weights)
+    return objective_weighting(init, None, applied, weights)
