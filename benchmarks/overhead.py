@@ -249,17 +249,21 @@ def entry_opcodes(hlo: str) -> list[str]:
     return [opcode(line) for line in entry.splitlines()[1:] if " = " in line]
 
 
-def program_cost(run: Run, batch: Batch) -> dict[str, float]:
+def program_cost(run: Run, batch: Batch, hlo_file: Path | None = None) -> dict[str, float]:
     """XLA's count of the compiled step's flops, transcendentals and bytes accessed, and
     the size of its top-level program (deterministic, unlike timings):
     ``entry_instructions``, every instruction of the ENTRY computation; ``fusions``, its
     fusions and custom calls, each one kernel on any backend; ``kernels``, every
     instruction that computes (those and the unfused ops: dots, convolutions, copies,
     concatenations…; on a GPU, one launch each), i.e. all but parameters, constants,
-    tuples, get-tuple-elements and bitcasts."""
+    tuples, get-tuple-elements and bitcasts. With ``hlo_file``, the compiled program's
+    text is written there."""
     compiled = run.step.lower(run.state, batch, run.rho).compile()
     cost = compiled.cost_analysis()
-    opcodes = entry_opcodes(compiled.as_text())
+    hlo = compiled.as_text()
+    if hlo_file is not None:
+        hlo_file.write_text(hlo)
+    opcodes = entry_opcodes(hlo)
     keys = ("flops", "transcendentals", "bytes accessed")
     return {key.replace(" ", "_"): cost[key] for key in keys} | {
         "entry_instructions": len(opcodes),
@@ -279,9 +283,11 @@ def perturb(run: Run, round_index: int) -> None:
 
 
 def measure(
-    works: list[Workload], rounds: int, seconds: float, control: bool
+    works: list[Workload], rounds: int, seconds: float, control: bool, hlo_dir: Path | None
 ) -> dict[str, dict[str, Any]]:
-    """Interleaved timings: per workload and variant, the seconds per step of each round."""
+    """Interleaved timings: per workload and variant, the seconds per step of each round.
+    With ``hlo_dir``, each compiled step's text goes to ``{config}_{variant}.hlo.txt``
+    there."""
     found = {work.name: runs(work, control) for work in works}
     samples: dict[str, dict[str, list[float]]] = {}
     steps: dict[str, int] = {}
@@ -303,8 +309,15 @@ def measure(
         name: {variant: len(run.traces) for variant, run in variants.items()}
         for name, variants in found.items()
     }
+
+    def hlo_file(name: str, variant: str) -> Path | None:
+        return None if hlo_dir is None else hlo_dir / f"{name}_{variant}.hlo.txt"
+
     costs = {
-        work.name: {v: program_cost(found[work.name][v], work.batch) for v in VARIANTS}
+        work.name: {
+            v: program_cost(found[work.name][v], work.batch, hlo_file(work.name, v))
+            for v in VARIANTS
+        }
         for work in works
     }
     return {"samples": samples, "compiles": compiles, "steps_per_sample": steps, "cost": costs}
@@ -352,10 +365,11 @@ def run(
     rounds: int = 31,
     sample_s: float = 0.1,
     control: bool = False,
+    hlo_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Builds, compiles and times the configurations ``names``; returns the report."""
     works = [workload(name, batch_size) for name in names]
-    return summarise(measure(works, rounds, sample_s, control))
+    return summarise(measure(works, rounds, sample_s, control, hlo_dir))
 
 
 def table(report: dict[str, Any]) -> str:
@@ -401,9 +415,14 @@ def main() -> None:
     parser.add_argument(
         "--control", action="store_true", help="also time a copy of the fixed step (A/A)"
     )
+    parser.add_argument(
+        "--hlo", type=Path, help="write each compiled step's HLO text to this directory"
+    )
     args = parser.parse_args()
     names = tuple(args.only.split(","))
-    report = run(names, args.batch, args.rounds, args.sample_s, args.control)
+    if args.hlo is not None:
+        args.hlo.mkdir(parents=True, exist_ok=True)
+    report = run(names, args.batch, args.rounds, args.sample_s, args.control, args.hlo)
     print(table(report))
     print("\nTop-level HLO of the compiled steps, fixed → YOTO (YOTO's extra):")
     print(program_table(report))
