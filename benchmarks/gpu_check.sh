@@ -3,13 +3,17 @@
 #
 #     OUT=results/gpu benchmarks/gpu_check.sh
 #
-# 1. the test suite and docstring examples (as `make test`, on more workers);
-# 2. benchmarks/overhead.py --control at batch 16 (every configuration) and 256 (convnet,
-#    resnet), with the compiled steps' HLO (hlo.tar.gz);
-# 3. the quick-scale grid, vmapped against one run after another (speedup per run);
-# 4. examples/sharded_training.py on the machine's real devices;
-# 5. benchmarks/method_overhead.py (every method's step time against fixed weights).
+# 1. tests: the test suite and docstring examples (as `make test`, on more workers);
+# 2. overhead: benchmarks/overhead.py --control at batch 16 (every configuration) and 256
+#    (convnet, resnet), with the compiled steps' HLO (hlo.tar.gz);
+# 3. scan: the same at batch 16 and 256 with 20 steps per jitted call (a lax.scan), so
+#    the host's per-call dispatch is out of the step time: the device's cost alone;
+# 4. grid: the quick-scale grid, vmapped against one run after another (speedup per run);
+# 5. sharded: examples/sharded_training.py on the machine's real devices;
+# 6. methods: benchmarks/method_overhead.py (each method's step time against fixed
+#    weights; METHODS=a,b picks some).
 #
+# STAGES picks stages (default: all, in this order), e.g. STAGES="tests methods".
 # Each stage has its own time limit (seconds; TEST_S, OVERHEAD_S, ... below), cut to what
 # is left of TOTAL_S for the whole script, and writes under $OUT; a stage that fails or
 # runs out of time does not stop the later ones, and the script exits non-zero if any
@@ -27,9 +31,12 @@ failed=()
 exec 3>&1  # the stages' own lines go here, also while their output goes to a log
 deadline=$((SECONDS + ${TOTAL_S:-3600}))
 
+STAGES=${STAGES:-tests overhead scan grid sharded methods}
+
 stage() {  # stage NAME SECONDS COMMAND...: runs COMMAND under a time limit, logs it
     local name=$1 seconds=$2 left=$((deadline - SECONDS))
     shift 2
+    [[ " $STAGES " == *" ${name%%_*} "* ]] || return 0
     ((left < seconds)) && seconds=$left
     if ((seconds < 10)); then
         echo "=== $name: skipped, TOTAL_S is used up" >&3
@@ -60,17 +67,22 @@ stage overhead_b16 "${OVERHEAD_S:-180}" "$PY" benchmarks/overhead.py --control -
     --json "$OUT/overhead_b16.json" --hlo "$hlo"
 stage overhead_b256 "${OVERHEAD_S:-180}" "$PY" benchmarks/overhead.py --control --rounds 15 \
     --batch 256 --only convnet,resnet --json "$OUT/overhead_b256.json"
-tar -czf "$OUT/hlo.tar.gz" -C "$hlo" .
+[[ -z $(ls "$hlo") ]] || tar -czf "$OUT/hlo.tar.gz" -C "$hlo" .
+for batch in 16 256; do
+    stage "scan_b$batch" "${SCAN_S:-120}" "$PY" benchmarks/overhead.py --control --rounds 11 \
+        --batch "$batch" --only convnet,resnet,k64 --steps-per-call 20 \
+        --json "$OUT/scan_b$batch.json"
+done
 
 grid=$(mktemp -d)
 stage grid "${GRID_S:-150}" "$PY" benchmarks/run.py --scale quick --seeds 1 --methods grid_best \
     --no-studies --compilation-cache none --out "$grid"
-cp "$grid/results.json" "$OUT/grid.json" 2>/dev/null
+[[ ! -f $grid/results.json ]] || cp "$grid/results.json" "$OUT/grid.json"
 
 stage sharded "${SHARDED_S:-60}" "$PY" examples/sharded_training.py --steps 24
 
 stage methods "${METHODS_S:-150}" "$PY" benchmarks/method_overhead.py \
-    --json "$OUT/method_overhead.json"
+    ${METHODS:+--methods "$METHODS"} --json "$OUT/method_overhead.json"
 
 if ((${#failed[@]})); then
     echo "failed or out of time: ${failed[*]}"

@@ -1,6 +1,6 @@
 """The per-step cost of each loss-weighting method relative to fixed weights.
 
-    python benchmarks/method_overhead.py [--task depth] [--rounds 7] [--json FILE]
+    python benchmarks/method_overhead.py [--task depth] [--rounds 7] [--methods a,b] [--json FILE]
 
 Each method's program is the benchmark's own (``harness.Programs``: the task's model,
 batches and Adam, one run), with the task cut to ``--steps`` training steps and one
@@ -82,10 +82,20 @@ def main() -> None:
     parser.add_argument("--scale", default="quick", help="the task's model and data scale")
     parser.add_argument("--steps", type=int, default=100, help="training steps per sample")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (odd: median)")
+    parser.add_argument(
+        "--methods", help="comma-separated methods to time (default: all); equal is always timed"
+    )
     parser.add_argument("--json", help="write the report to this file")
     args = parser.parse_args()
+    methods = methods_to_time()
+    if args.methods:
+        names = ["equal", *(name for name in args.methods.split(",") if name != "equal")]
+        unknown = sorted(set(names) - set(methods))
+        if unknown:
+            parser.error(f"unknown methods {unknown}; known: {', '.join(methods)}")
+        methods = {name: methods[name] for name in names}
     task = timing_task(build(args.task, args.scale), args.steps)
-    samples = measure(task, methods_to_time(), args.rounds)
+    samples = measure(task, methods, args.rounds)
     step_s = {name: statistics.median(times) for name, times in samples.items()}
     report = {
         "task": args.task,

@@ -177,20 +177,24 @@ class Run:
     state: yoto_jax.TrainerState
     rho: jax.Array
     traces: list[None]
+    steps_per_call: int = 1
 
-    def run(self, batch: Batch, steps: int) -> float:
-        """Runs ``steps`` steps; returns the mean seconds per step."""
+    def run(self, batch: Batch, calls: int) -> float:
+        """Calls the jitted step ``calls`` times; returns the mean seconds per training
+        step."""
         start = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(calls):
             self.state, log = self.step(self.state, batch, self.rho)
         log.losses.block_until_ready()
-        return (time.perf_counter() - start) / steps
+        return (time.perf_counter() - start) / (calls * self.steps_per_call)
 
 
-def train_run(work: Workload, weighting_of: WeightingOf) -> Run:
+def train_run(work: Workload, weighting_of: WeightingOf, steps_per_call: int = 1) -> Run:
     """A :class:`Run` of ``yoto_jax.trainer(weighting_of(rho), optax.adam(lr))`` on the
     workload, counting its traces. ρ is an argument of the jitted step, so changing it
-    does not recompile (the fixed step ignores it)."""
+    does not recompile (the fixed step ignores it). With ``steps_per_call`` > 1, one
+    call runs that many training steps in a ``jax.lax.scan``: the host dispatches once
+    per call, so the time per step is the device's alone."""
     traces: list[None] = []
     tx = optax.adam(LEARNING_RATE)
 
@@ -198,20 +202,27 @@ def train_run(work: Workload, weighting_of: WeightingOf) -> Run:
     def step(state: yoto_jax.TrainerState, batch: Batch, rho: jax.Array):
         traces.append(None)  # runs only when JAX traces, i.e. compiles, the step
         train = yoto_jax.trainer(weighting_of(rho), tx)
-        return train.step(state, lambda params: work.losses(params, batch))
+
+        def one_step(state: yoto_jax.TrainerState, _: None):
+            return train.step(state, lambda params: work.losses(params, batch))
+
+        if steps_per_call == 1:
+            return one_step(state, None)
+        state, logs = jax.lax.scan(one_step, state, length=steps_per_call)
+        return state, jax.tree.map(lambda log: log[-1], logs)
 
     rho = jnp.asarray(yoto_jax.DEFAULT_RHO, jnp.float32)
     state = yoto_jax.trainer(weighting_of(rho), tx).init(work.params, work.num_aux + 1)
-    return Run(step, state, rho, traces)
+    return Run(step, state, rho, traces, steps_per_call)
 
 
-def runs(work: Workload, control: bool = False) -> dict[str, Run]:
+def runs(work: Workload, control: bool = False, steps_per_call: int = 1) -> dict[str, Run]:
     """The fixed-weights and the two YOTO runs of a workload (:data:`VARIANTS`). With
     ``control``, also a second, separately compiled copy of the fixed-weights step: its
     ratio to the first is the noise floor of the measurement (an A/A test)."""
     weighting_of = weightings(work.num_aux)
     names = (*VARIANTS, "control") if control else VARIANTS
-    return {name: train_run(work, weighting_of[name]) for name in names}
+    return {name: train_run(work, weighting_of[name], steps_per_call) for name in names}
 
 
 BOOKKEEPING = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast"})
@@ -283,18 +294,24 @@ def perturb(run: Run, round_index: int) -> None:
 
 
 def measure(
-    works: list[Workload], rounds: int, seconds: float, control: bool, hlo_dir: Path | None
+    works: list[Workload],
+    rounds: int,
+    seconds: float,
+    control: bool,
+    hlo_dir: Path | None,
+    steps_per_call: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Interleaved timings: per workload and variant, the seconds per step of each round.
-    With ``hlo_dir``, each compiled step's text goes to ``{config}_{variant}.hlo.txt``
-    there."""
-    found = {work.name: runs(work, control) for work in works}
+    The program sizes are those of one training step (also with ``steps_per_call`` > 1);
+    with ``hlo_dir``, each one's text goes to ``{config}_{variant}.hlo.txt`` there."""
+    found = {work.name: runs(work, control, steps_per_call) for work in works}
     samples: dict[str, dict[str, list[float]]] = {}
-    steps: dict[str, int] = {}
+    calls: dict[str, int] = {}
     for work in works:  # compile, warm up, and size each sample to about `seconds`
         for variant in found[work.name].values():
             variant.run(work.batch, 2)
-        steps[work.name] = max(1, round(seconds / found[work.name]["fixed"].run(work.batch, 2)))
+        per_call = steps_per_call * found[work.name]["fixed"].run(work.batch, 2)
+        calls[work.name] = max(1, round(seconds / per_call))
         samples[work.name] = {variant: [] for variant in found[work.name]}
     for r in range(rounds):
         for work in works:
@@ -303,7 +320,7 @@ def measure(
                 perturb(found[work.name][variant], r)
             for variant in order:
                 samples[work.name][variant].append(
-                    found[work.name][variant].run(work.batch, steps[work.name])
+                    found[work.name][variant].run(work.batch, calls[work.name])
                 )
     compiles = {
         name: {variant: len(run.traces) for variant, run in variants.items()}
@@ -313,14 +330,21 @@ def measure(
     def hlo_file(name: str, variant: str) -> Path | None:
         return None if hlo_dir is None else hlo_dir / f"{name}_{variant}.hlo.txt"
 
+    one_step = found if steps_per_call == 1 else {work.name: runs(work) for work in works}
     costs = {
         work.name: {
-            v: program_cost(found[work.name][v], work.batch, hlo_file(work.name, v))
+            v: program_cost(one_step[work.name][v], work.batch, hlo_file(work.name, v))
             for v in VARIANTS
         }
         for work in works
     }
-    return {"samples": samples, "compiles": compiles, "steps_per_sample": steps, "cost": costs}
+    return {
+        "samples": samples,
+        "compiles": compiles,
+        "calls_per_sample": calls,
+        "steps_per_call": steps_per_call,
+        "cost": costs,
+    }
 
 
 def paired_ratio(times: list[float], reference: list[float]) -> float:
@@ -352,7 +376,8 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
         "ratio_of_medians": of_medians,
         "cost": measured["cost"],
         "yoto_extra_cost": extra,
-        "steps_per_sample": measured["steps_per_sample"],
+        "calls_per_sample": measured["calls_per_sample"],
+        "steps_per_call": measured["steps_per_call"],
         "rounds": len(next(iter(measured["samples"].values()))["fixed"]),
         "device": str(jax.devices()[0].device_kind),
         "jax": jax.__version__,
@@ -366,10 +391,11 @@ def run(
     sample_s: float = 0.1,
     control: bool = False,
     hlo_dir: Path | None = None,
+    steps_per_call: int = 1,
 ) -> dict[str, Any]:
     """Builds, compiles and times the configurations ``names``; returns the report."""
     works = [workload(name, batch_size) for name in names]
-    return summarise(measure(works, rounds, sample_s, control, hlo_dir))
+    return summarise(measure(works, rounds, sample_s, control, hlo_dir, steps_per_call))
 
 
 def table(report: dict[str, Any]) -> str:
@@ -418,11 +444,22 @@ def main() -> None:
     parser.add_argument(
         "--hlo", type=Path, help="write each compiled step's HLO text to this directory"
     )
+    parser.add_argument(
+        "--steps-per-call",
+        type=int,
+        default=1,
+        help="training steps per jitted call (a lax.scan): the host dispatches once per "
+        "call, so the step time is the device's alone",
+    )
     args = parser.parse_args()
+    if args.steps_per_call < 1:
+        parser.error("--steps-per-call must be >= 1")
     names = tuple(args.only.split(","))
     if args.hlo is not None:
         args.hlo.mkdir(parents=True, exist_ok=True)
-    report = run(names, args.batch, args.rounds, args.sample_s, args.control, args.hlo)
+    report = run(
+        names, args.batch, args.rounds, args.sample_s, args.control, args.hlo, args.steps_per_call
+    )
     print(table(report))
     print("\nTop-level HLO of the compiled steps, fixed → YOTO (YOTO's extra):")
     print(program_table(report))

@@ -337,6 +337,7 @@ def test_a_weighting_rebuilt_inside_the_jitted_step_equals_the_keyed_validation(
 # Hyperparameters, costs and bad inputs -----------------------------------------------
 
 
+@pytest.mark.usefixtures("full_matmul_precision")
 def test_traced_hyperparameters_match_the_concrete_ones(rng):
     problem = Regression(rng)
     theta = jnp.asarray(rng.normal(size=4), jnp.float32)

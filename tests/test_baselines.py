@@ -426,6 +426,7 @@ def test_famo_logit_trajectory_and_weights_match_the_reference(rng):
     )
 
 
+@pytest.mark.usefixtures("full_matmul_precision")
 def test_famo_after_update_in_the_trainer_equals_the_reference_from_the_model_losses(rng):
     """after_update takes ξ's step from losses_fn before and after the model's step."""
     x = rng.normal(size=(3, 3))

@@ -171,6 +171,7 @@ def toy_reference(inputs, targets, params, mode, steps, lr, broken=False):
     return history
 
 
+@pytest.mark.usefixtures("full_matmul_precision")
 @pytest.mark.parametrize("mode", ["hybrid", "loss", "gradient"])
 def test_several_sgd_steps_in_the_trainer_match_the_papers_algorithm(mode, rng):
     inputs, targets, params = toy_problem(rng)

@@ -240,6 +240,7 @@ CASES = {
 TOLERANCE = 1e-4
 
 
+@pytest.mark.usefixtures("full_matmul_precision")
 @pytest.mark.parametrize("case", list(CASES))
 def test_the_trainer_matches_the_reference_over_steps(case, rng):
     model = Model(rng)
@@ -310,6 +311,7 @@ def test_the_weighting_keeps_alpha_where_the_solver_fails(rng):
 # The Optax transformation ------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("full_matmul_precision")
 def test_the_transformation_equals_the_weighting_over_steps(rng):
     model = Model(rng)
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), model.params)

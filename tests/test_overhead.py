@@ -28,12 +28,14 @@ def test_overhead_smoke_run_compiles_each_step_once():
             # holds there.
             assert 0 < extra["flops"] < 1000  # O(K) scalars against a step of ~10^7 flops
             assert 0 < extra["kernels"] <= CPU_EXTRA_KERNELS[variant], extra
+            # YOTO adds at least 4 parameters to the top-level program (µ, Adam's two
+            # moments of µ, ρ; the default path also µ's own Adam step count). XLA:GPU
+            # returns the step's outputs through multi-output fusions, whose
+            # get-tuple-elements it counts differently (an H100's fixed step had 71,
+            # YOTO's 38), so the instruction count is compared on the CPU only.
+            assert 4 <= extra["entry_instructions"] < 60
         assert 0 < extra["kernels"] < 40
-        # The top-level program (the ENTRY computation): every fusion is a kernel, every
-        # kernel an instruction; YOTO adds a few of each, and at least 4 parameters (µ,
-        # Adam's two moments of µ, ρ; the default path also µ's own Adam step count).
         assert 0 < extra["fusions"] < 40
-        assert 4 <= extra["entry_instructions"] < 60
     cost = report["cost"]["k4"]
     for variant in ("fixed", "yoto", "paper"):
         assert 0 < cost[variant]["fusions"] <= cost[variant]["kernels"]

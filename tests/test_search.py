@@ -48,9 +48,27 @@ def halving(**kwargs: Any) -> yoto_jax.search.HalvingResult:
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def full_matmul_precision_for_the_module():
+    """Every search here is compared with another run of the same training (alone, or on
+    8 devices): in full float32, also on a GPU (conftest's ``full_matmul_precision``)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def search() -> yoto_jax.search.HalvingResult:
     return halving()
+
+
+@pytest.fixture(scope="module")
+def cpu_search(search) -> yoto_jax.search.HalvingResult:
+    """The search on one CPU device, the reference for the 8 simulated CPU devices: on a
+    GPU machine ``search`` ran on the GPU, whose arithmetic differs from the CPU's."""
+    if jax.default_backend() == "cpu":
+        return search
+    with jax.default_device(jax.devices("cpu")[0]):
+        return halving()
 
 
 def assert_trees_close(tree: Any, expected: Any, rtol: float = 1e-5) -> None:
@@ -411,8 +429,8 @@ def mesh_runs(search, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dic
     }
 
 
-def test_eight_devices_match_one_device(mesh_runs, search):
-    eight, one = mesh_runs["uninterrupted"], result_arrays(search)
+def test_eight_devices_match_one_device(mesh_runs, cpu_search):
+    eight, one = mesh_runs["uninterrupted"], result_arrays(cpu_search)
     assert eight.keys() == one.keys()
     for name, value in one.items():
         if np.issubdtype(value.dtype, np.floating):

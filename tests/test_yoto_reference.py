@@ -116,6 +116,7 @@ CASES = {
 }
 
 
+@pytest.mark.usefixtures("full_matmul_precision")
 @pytest.mark.parametrize("case", list(CASES))
 def test_trainer_matches_the_hand_written_loop(case):
     kwargs, floor, mu_tx, rho = CASES[case]

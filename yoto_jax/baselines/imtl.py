@@ -91,7 +91,7 @@ def imtl_g_weights(gram: ArrayLike) -> jax.Array:
       >>> import jax.numpy as jnp
       >>> from yoto_jax.baselines.imtl import imtl_g_weights
       >>> grads = jnp.array([[1.0, 0.0], [0.0, 3.0]])  # orthogonal: α = (n₂, n₁) / (n₁ + n₂)
-      >>> imtl_g_weights(grads @ grads.T)
+      >>> imtl_g_weights(grads @ grads.T).round(6)
       Array([0.75, 0.25], dtype=float32)
 
     References:
@@ -161,7 +161,7 @@ def imtl_transformation(shared: Any) -> optax.GradientTransformationExtraArgs:
       >>> per_loss_grads = {"w": jnp.array([[1.0, 0.0], [0.0, 3.0]])}
       >>> grads = jax.tree.map(lambda g: g.sum(0), per_loss_grads)
       >>> tx = imtl_transformation(shared=True)
-      >>> tx.update(grads, tx.init(None), per_loss_grads=per_loss_grads)[0]["w"]
+      >>> tx.update(grads, tx.init(None), per_loss_grads=per_loss_grads)[0]["w"].round(6)
       Array([0.75, 0.75], dtype=float32)
 
     References:
@@ -196,8 +196,8 @@ def imtl_scaled_losses(log_scales: ArrayLike, losses: ArrayLike) -> jax.Array:
     Example:
       >>> import jax.numpy as jnp
       >>> from yoto_jax.baselines import imtl_scaled_losses
-      >>> imtl_scaled_losses(jnp.array([0.0, -1.0]), jnp.array([2.0, 1.0]))  # (2, e⁻¹ + 1)
-      Array([2.       , 1.3678794], dtype=float32)
+      >>> imtl_scaled_losses(jnp.array([0.0, -1.0]), jnp.array([2.0, 1.0])).round(6)  # (2, e⁻¹ + 1)
+      Array([2.      , 1.367879], dtype=float32)
 
     References:
       Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, Sec. 3.3 (the
@@ -255,7 +255,7 @@ def imtl(shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0) -> W
       >>> params, state = weighting.init(2)
       >>> losses_fn = lambda w: jnp.stack([w[0] + 1.0, 3.0 * w[1] + 2.0])
       >>> result = weighting.step(losses_fn, jnp.zeros(2), params, state)
-      >>> result.model_grads  # gradients e₀ and 3e₁: α = (3/4, 1/4)
+      >>> result.model_grads.round(6)  # gradients e₀ and 3e₁: α = (3/4, 1/4)
       Array([0.75, 0.75], dtype=float32)
       >>> result.grads  # e^s l − 1 at s = 0
       {'imtl_log_scale': Array([0., 1.], dtype=float32)}
