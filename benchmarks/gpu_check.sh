@@ -6,8 +6,9 @@
 # 1. tests: the test suite and docstring examples (as `make test`, on more workers);
 # 2. overhead: benchmarks/overhead.py --control at batch 16 (every configuration) and 256
 #    (convnet, resnet), with the compiled steps' HLO (hlo.tar.gz);
-# 3. scan: the same at batch 16 and 256 with 20 steps per jitted call (a lax.scan), so
-#    the host's per-call dispatch is out of the step time: the device's cost alone;
+# 3. scan: convnet, resnet and k64 at batch 16 and 256 (SCAN_BATCHES) with 20 steps per
+#    jitted call (a lax.scan), so the host's per-call dispatch is out of the step time:
+#    the device's cost alone;
 # 4. grid: the quick-scale grid, vmapped against one run after another (speedup per run);
 # 5. sharded: examples/sharded_training.py on the machine's real devices;
 # 6. methods: benchmarks/method_overhead.py (each method's step time against fixed
@@ -68,7 +69,7 @@ stage overhead_b16 "${OVERHEAD_S:-180}" "$PY" benchmarks/overhead.py --control -
 stage overhead_b256 "${OVERHEAD_S:-180}" "$PY" benchmarks/overhead.py --control --rounds 15 \
     --batch 256 --only convnet,resnet --json "$OUT/overhead_b256.json"
 [[ -z $(ls "$hlo") ]] || tar -czf "$OUT/hlo.tar.gz" -C "$hlo" .
-for batch in 16 256; do
+for batch in ${SCAN_BATCHES:-16 256}; do
     stage "scan_b$batch" "${SCAN_S:-120}" "$PY" benchmarks/overhead.py --control --rounds 11 \
         --batch "$batch" --only convnet,resnet,k64 --steps-per-call 20 \
         --json "$OUT/scan_b$batch.json"

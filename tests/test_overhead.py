@@ -4,6 +4,7 @@ compiles once while µ and ρ (an argument of the jitted step) change, and YOTO 
 few kernels and a few flops per auxiliary loss. Timings are not asserted."""
 
 import jax
+import numpy as np
 from _load import load_script
 
 CPU_EXTRA_KERNELS = {"yoto": 13, "paper": 10}
@@ -40,3 +41,21 @@ def test_overhead_smoke_run_compiles_each_step_once():
     for variant in ("fixed", "yoto", "paper"):
         assert 0 < cost[variant]["fusions"] <= cost[variant]["kernels"]
         assert cost[variant]["kernels"] < cost[variant]["entry_instructions"]
+
+
+def test_steps_per_call_runs_that_many_training_steps_in_one_call():
+    """--steps-per-call: one call of the scanned step is that many calls of the plain one."""
+    overhead = load_script("benchmarks/overhead.py")
+    work = overhead.workload("k1", batch_size=2)
+    weighting_of = overhead.weightings(work.num_aux)["yoto"]
+    plain = overhead.train_run(work, weighting_of)
+    scanned = overhead.train_run(work, weighting_of, steps_per_call=3)
+    start = jax.tree.leaves(plain.state)
+    plain.run(work.batch, 3)
+    scanned.run(work.batch, 1)
+    assert len(plain.traces) == len(scanned.traces) == 1
+    got, want = jax.tree.leaves(scanned.state), jax.tree.leaves(plain.state)
+    for leaf, expected in zip(got, want, strict=True):
+        np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=1e-7)
+    # Three steps changed the state, so the comparison is not vacuous.
+    assert any(not np.allclose(leaf, first) for leaf, first in zip(want, start, strict=True))

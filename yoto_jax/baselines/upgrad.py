@@ -36,23 +36,21 @@ DEFAULT_REG_EPS = 1e-4
 def _solve_positive_definite(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
     """``matrix⁻¹ rhs`` by Gaussian elimination without pivoting (stable for symmetric
     positive definite matrices), in elementwise operations only: full precision on
-    every backend, no solver library call inside the active-set loop."""
+    every backend, no solver library call inside the active-set loop. The loops over
+    the static size T are Python loops, unrolled when traced: a loop nested in the
+    active-set ``while_loop`` would cost a device-to-host copy of its predicate per
+    trip on GPUs."""
     size = rhs.shape[0]
-    index = jnp.arange(size)
-
-    def eliminate(k: jax.Array, carry: tuple[jax.Array, jax.Array]):
-        a, b = carry
-        factors = jnp.where(index > k, a[:, k] / a[k, k], 0.0)
-        return a - factors[:, None] * a[k][None, :], b - factors * b[k]
-
-    upper, b = jax.lax.fori_loop(0, size, eliminate, (matrix, rhs))
-
-    def substitute(j: jax.Array, x: jax.Array) -> jax.Array:
-        k = size - 1 - j
-        known = jnp.sum(jnp.where(index > k, upper[k] * x, 0.0))
-        return x.at[k].set((b[k] - known) / upper[k, k])
-
-    return jax.lax.fori_loop(0, size, substitute, jnp.zeros_like(b))
+    upper, b = matrix, rhs
+    for k in range(size - 1):
+        factors = upper[k + 1 :, k] / upper[k, k]
+        upper = upper.at[k + 1 :].add(-factors[:, None] * upper[k][None, :])
+        b = b.at[k + 1 :].add(-factors * b[k])
+    x = jnp.zeros_like(b)
+    for k in reversed(range(size)):
+        known = jnp.sum(upper[k, k + 1 :] * x[k + 1 :])
+        x = x.at[k].set((b[k] - known) / upper[k, k])
+    return x
 
 
 def _max_iterations(size: int) -> int:
