@@ -37,6 +37,11 @@ def test_overhead_smoke_run_compiles_each_step_once():
             assert 4 <= extra["entry_instructions"] < 60
         assert 0 < extra["kernels"] < 40
         assert 0 < extra["fusions"] < 40
+        # The train state the host flattens at every call: µ and its optimizer states
+        # add a few pytree nodes, not a masked copy of the model's tree per optimizer
+        # (the default path's state had 136 nodes with per-leaf partition labels, 96
+        # with prefix labels; the fixed state has 75).
+        assert 0 < extra["state_nodes"] <= 25, extra
     cost = report["cost"]["k4"]
     for variant in ("fixed", "yoto", "paper"):
         assert 0 < cost[variant]["fusions"] <= cost[variant]["kernels"]

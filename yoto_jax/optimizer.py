@@ -6,7 +6,7 @@ import optax
 
 from yoto_jax import _checks
 from yoto_jax.decay import DEFAULT_RHO, hyperparameter_decay
-from yoto_jax.selection import mu_labels, mu_mask
+from yoto_jax.selection import mu_mask, partition_labels
 
 DEFAULT_MU_LEARNING_RATE = 0.05
 """µ's own constant Adam learning rate, in nats per step (see :func:`yoto_optimizer`)."""
@@ -26,7 +26,7 @@ def yoto_optimizer(
 
         optax.partition(
             {"model": tx, "mu": optax.chain(hyperparameter_decay(rho), optax.adam(0.05))},
-            mu_labels,
+            partition_labels,  # mu_labels, with one label per subtree without µ
         )
 
     Adam moves each logit by about its learning rate per step, so µ's learning rate is
@@ -71,5 +71,5 @@ def yoto_optimizer(
         _checks.positive(mu_learning_rate, "mu_learning_rate")
         mu_tx = optax.adam(mu_learning_rate)
     return optax.partition(
-        {"model": tx, "mu": optax.chain(hyperparameter_decay(rho), mu_tx)}, mu_labels
+        {"model": tx, "mu": optax.chain(hyperparameter_decay(rho), mu_tx)}, partition_labels
     )

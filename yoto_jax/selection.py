@@ -78,3 +78,33 @@ def mu_labels(params: Any, mu_label: str = "mu", model_label: str = "model") -> 
     return jax.tree_util.tree_map_with_path(
         lambda path, _: mu_label if is_mu_path(path) else model_label, params
     )
+
+
+def partition_labels(params: Any, mu_label: str = "mu", model_label: str = "model") -> Any:
+    """:func:`mu_labels` as the smallest prefix of ``params``' tree: a subtree without µ
+    gets one ``model_label``, so ``optax.partition`` masks it as one node.
+
+    ``optax.partition`` gives each of its optimizers a masked copy of the tree it is
+    given: with one label per leaf, µ's optimizer state holds a placeholder for every
+    model leaf, and the host flattens and rebuilds all of them at each call of a jitted
+    step (on a 5-layer conv net, 151 pytree nodes in the train state against 84 with
+    fixed weights). With these labels it holds one per subtree without µ (105).
+
+    Example:
+      >>> partition_labels({"model": {"w": 1.0, "b": 2.0}, "weighting": {"yoto_mu": 0.0}})
+      {'model': 'model', 'weighting': {'yoto_mu': 'mu'}}
+    """
+    mu_paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    mu_paths = [path for path in mu_paths if is_mu_path(path)]
+
+    def label(node: Any, path: tuple) -> Any:
+        if not any(mu_path[: len(path)] == path for mu_path in mu_paths):
+            return model_label
+        children, treedef = jax.tree_util.tree_flatten_with_path(
+            node, is_leaf=lambda child: child is not node
+        )
+        if treedef.num_nodes == 1:  # node is a leaf: µ
+            return mu_label
+        return treedef.unflatten([label(child, path + key) for key, child in children])
+
+    return label(params, ())
