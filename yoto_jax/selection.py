@@ -94,8 +94,8 @@ def partition_labels(params: Any, mu_label: str = "mu", model_label: str = "mode
       >>> partition_labels({"model": {"w": 1.0, "b": 2.0}, "weighting": {"yoto_mu": 0.0}})
       {'model': 'model', 'weighting': {'yoto_mu': 'mu'}}
     """
-    mu_paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    mu_paths = [path for path in mu_paths if is_mu_path(path)]
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    mu_paths = [path for path, _ in leaves if is_mu_path(path)]
 
     def label(node: Any, path: tuple) -> Any:
         if not any(mu_path[: len(path)] == path for mu_path in mu_paths):
