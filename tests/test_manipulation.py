@@ -298,17 +298,19 @@ def test_the_simplex_solvers_stop_after_few_trips_at_full_accuracy(
     at rounding level, they stop: about 20 to 30 trips for T = 3 (250 to 253 before),
     50 to 80 for T = 8, and MGDA stays within float32 precision of the exact point."""
     c = 0.4
+    min_norm_solve = jax.jit(manipulation._min_norm_solve, static_argnums=1)
+    cagrad_solve = jax.jit(manipulation._cagrad_solve, static_argnums=2)
     for _ in range(3):
         grads = rng.normal(size=(num_tasks, 1000))
         if kind == "nearly parallel":
             grads = rng.normal(size=1000) + 0.05 * grads
         gram = jnp.asarray(grads @ grads.T, jnp.float32)
-        mgda = manipulation._min_norm_solve(gram, 250)
+        mgda = min_norm_solve(gram, 250)
         assert int(mgda.trips) < most_trips
         got = np.asarray(mgda.alpha, np.float64) @ grads
         np.testing.assert_allclose(got, min_norm_reference(grads), atol=1e-5 * np.abs(grads).max())
         radius = c * jnp.sqrt(jnp.mean(gram) + 1e-8) + 1e-8
-        assert int(manipulation._cagrad_solve(gram, radius, 250).trips) < most_trips
+        assert int(cagrad_solve(gram, radius, 250).trips) < most_trips
 
 
 @pytest.mark.parametrize("kind", ["edge", "vertex"])
