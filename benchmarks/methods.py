@@ -158,6 +158,17 @@ def _random_configs(num_aux: int, seed: int) -> list[Config]:
     )
 
 
+def on_the_trunk(factory: Callable[[Any], yoto_jax.Weighting], summary: str) -> Method:
+    """A method without configuration that acts on the trunk's per-loss gradients:
+    ``factory(setting.shared_mask)``, named as the factory."""
+    return Method(
+        factory.__name__,
+        lambda config, setting: factory(setting.shared_mask),
+        single_config(no_config),
+        summary,
+    )
+
+
 def _table(*methods: Method) -> dict[str, Method]:
     return {method.name: method for method in methods}
 
@@ -235,50 +246,36 @@ METHODS: dict[str, Method] = _table(
         "Liu et al. 2022: λ (init 0.1) by the one-step-lookahead hypergradient of the "
         "primary validation loss, its own Adam (lr 1e-4)",
     ),
-    Method(
-        "nash_mtl",
-        lambda config, setting: baselines.nash_mtl(setting.shared_mask),
-        single_config(no_config),
+    on_the_trunk(
+        baselines.nash_mtl,
         "Navon et al. 2022: the bargaining solution on the trunk's gradients, max_norm 1",
     ),
-    Method(
-        "imtl",
-        lambda config, setting: baselines.imtl(setting.shared_mask),
-        single_config(no_config),
+    on_the_trunk(
+        baselines.imtl,
         "Liu et al. 2021: IMTL-G on the trunk with IMTL-L's learnt loss scales (hybrid)",
     ),
-    Method(
-        "aligned_mtl",
-        lambda config, setting: baselines.aligned_mtl(setting.shared_mask),
-        single_config(no_config),
+    on_the_trunk(
+        baselines.aligned_mtl,
         "Senushkin et al. 2023: the trunk's gradients aligned to condition number 1",
     ),
-    Method(
-        "upgrad",
-        lambda config, setting: baselines.upgrad(setting.shared_mask),
-        single_config(no_config),
+    on_the_trunk(
+        baselines.upgrad,
         "Quinton and Rey 2024: each gradient projected onto the dual cone, averaged",
     ),
 )
 """The benchmarked methods, in the order they are reported."""
 
 GRADIENT_METHODS: dict[str, Method] = _table(
-    Method(
-        "pcgrad",
-        lambda config, setting: baselines.pcgrad(setting.shared_mask),
-        single_config(no_config),
+    on_the_trunk(
+        baselines.pcgrad,
         "Yu et al. 2020: conflicting gradients projected, random orders from the step's key",
     ),
-    Method(
-        "mgda",
-        lambda config, setting: baselines.mgda(setting.shared_mask),
-        single_config(no_config),
+    on_the_trunk(
+        baselines.mgda,
         "Sener and Koltun 2018: the min-norm point of the gradients' convex hull",
     ),
-    Method(
-        "cagrad",
-        lambda config, setting: baselines.cagrad(setting.shared_mask),
-        single_config(no_config),
+    on_the_trunk(
+        baselines.cagrad,
         "Liu et al. 2021: c = 0.5, rescaled by 1/(1 + c²)",
     ),
 )
