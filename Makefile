@@ -23,8 +23,10 @@ demo: $(INSTALLED)
 bench: $(INSTALLED)
 	$(VENV)/bin/python benchmarks/run.py --out results/full
 
+# --dist loadfile: each test module runs in one worker, so its tests share the jitted
+# programs they compile instead of compiling them again in the other worker
 test: $(INSTALLED)
-	$(VENV)/bin/python -m pytest -n 2 --doctest-modules yoto_jax tests
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile --doctest-modules yoto_jax tests
 
 # Both checks run; the target fails if either does.
 lint: $(INSTALLED)
