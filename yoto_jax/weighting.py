@@ -174,9 +174,9 @@ def objective_weighting(
     model's parameters (through ``losses``) and to ``params``: one forward and one
     backward pass; None is :func:`weighted_loss` of the applied weights (methods that
     set constant weights from loss statistics). ``applied(params, state, losses, key)``
-    gives the weights applied at the step; ``next_state(state, losses)`` the state after it (default: unchanged).
-    Methods of this shape: fixed and equal weights, YOTO, uncertainty weighting, DWA,
-    RLW, FAMO.
+    gives the weights applied at the step; ``next_state(state, losses)`` the state
+    after it (default: unchanged). Methods of this shape: fixed and equal weights, YOTO,
+    uncertainty weighting, DWA, RLW, FAMO.
     """
 
     def step(
