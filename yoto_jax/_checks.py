@@ -93,8 +93,8 @@ def non_negative(x: Any, name: str) -> None:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
 
 
-def unit_interval(x: Any, name: str) -> None:
-    """Raises unless `x` is a tracer or a finite number in [0, 1).
+def unit_interval(x: Any, name: str, *, closed: bool = False) -> None:
+    """Raises unless `x` is a tracer or a finite number in [0, 1) ([0, 1] if ``closed``).
 
     Example:
       >>> unit_interval(1.0, "primary_floor")
@@ -102,8 +102,11 @@ def unit_interval(x: Any, name: str) -> None:
       ValueError: primary_floor must be a finite number in [0, 1), got 1.0.
     """
     value = concrete_float(x)
-    if value is not None and not (math.isfinite(value) and 0.0 <= value < 1.0):
-        raise ValueError(f"{name} must be a finite number in [0, 1), got {value}.")
+    if value is not None and not (
+        math.isfinite(value) and 0.0 <= value and (value <= 1.0 if closed else value < 1.0)
+    ):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value}.")
 
 
 def positive(x: Any, name: str) -> None:
@@ -117,6 +120,23 @@ def positive(x: Any, name: str) -> None:
     value = concrete_float(x)
     if value is not None and not (math.isfinite(value) and value > 0.0):
         raise ValueError(f"{name} must be a finite number > 0, got {value}.")
+
+
+def positive_entries(x: Any, name: str) -> None:
+    """Raises unless `x` is a tracer or a scalar or array of finite numbers > 0.
+
+    Example:
+      >>> positive_entries([0.1, 0.0], "eps")
+      Traceback (most recent call last):
+      ValueError: eps must hold finite numbers > 0, got [0.1, 0.0].
+    """
+    if callable(x) or isinstance(x, jax.core.Tracer):
+        return
+    values = np.asarray(x)
+    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {values.dtype}.")
+    if not np.all(np.isfinite(values) & (values > 0)):
+        raise ValueError(f"{name} must hold finite numbers > 0, got {values.tolist()}.")
 
 
 def primary_name(mu: Mapping[str, Any], losses: Mapping[str, Any]) -> str:

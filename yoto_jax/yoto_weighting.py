@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +16,28 @@ from yoto_jax.optimizer import DEFAULT_MU_LEARNING_RATE, yoto_optimizer
 from yoto_jax.selection import MU_KEY
 from yoto_jax.weighting import Weighting, loss_vector, objective_weighting
 
+NORMALIZE_MODES = ("mean", "each")
+"""``yoto(normalize=...)``: the losses µ sees are divided by a running mean of the mean
+loss (``"mean"``, so ρ is relative to the losses' scale) or of each loss (``"each"``)."""
+
+
+class LossScaleState(NamedTuple):
+    """YOTO's state with ``normalize``: a running mean of the losses, as in Adam's moments."""
+
+    mean: jax.Array  # shape (T,): exponential moving average of the losses (biased)
+    count: jax.Array  # shape (), int32: steps averaged
+
+
+def _updated_scale(state: LossScaleState, losses: jax.Array, decay: ArrayLike) -> LossScaleState:
+    decay = jnp.asarray(decay, losses.dtype)
+    return LossScaleState(decay * state.mean + (1.0 - decay) * losses, state.count + 1)
+
+
+def _scale(state: LossScaleState, decay: ArrayLike, mode: str) -> jax.Array:
+    """The bias-corrected running mean, per loss (``"each"``) or of the mean loss."""
+    mean = state.mean / (1.0 - jnp.asarray(decay, state.mean.dtype) ** state.count)
+    return mean if mode == "each" else jnp.broadcast_to(jnp.mean(mean), mean.shape)
+
 
 def yoto(
     eps: ArrayLike = DEFAULT_EPS,
@@ -24,6 +46,9 @@ def yoto(
     mu_learning_rate: optax.ScalarOrSchedule | None = DEFAULT_MU_LEARNING_RATE,
     mu_tx: optax.GradientTransformation | None = None,
     primary_floor: ArrayLike | str = UNIFORM,
+    loss_floor: ArrayLike = 0.0,
+    normalize: str | None = None,
+    normalize_decay: ArrayLike = 0.99,
 ) -> Weighting:
     r"""YOTO as a :class:`~yoto_jax.Weighting`: λ = softmax([0, µ]) learnt with the model.
 
@@ -31,19 +56,40 @@ def yoto(
     µ's regulariser :math:`ρ R(µ)` is added by the optimizer,
     ``weighting.optimizer(tx)`` = :func:`yoto_jax.yoto_optimizer`, so ``result.grads``
     holds the composite's gradient only. The params are ``{"yoto_mu": µ}``, from
-    µ = log ε; there is no state.
+    µ = log ε.
 
-    The defaults are the library's (see the README's "Defaults"): µ on its own Adam at
-    0.05 nats per step and the primary's weight floored at 1/(K+1). The paper's
+    Two floors bound the weights applied. With ``primary_floor`` m_0 and ``loss_floor``
+    m, of T losses,
+
+    .. math::
+        λ'' = \frac{m}{T} \mathbf{1} + (1 - m)\,λ', \qquad
+        λ' = m_0 e_0 + (1 - m_0)\,\mathrm{softmax}([0, µ]),
+
+    so every loss keeps at least m/T of the weight (m = 1 is equal weights) and the
+    primary at least m_0 (``"uniform"``: 1/T). The model's loss is
+    :math:`\sum_i λ''_i l_i`; µ's gradient is that of the composite scaled by 1 − m.
+
+    ``normalize`` changes what µ sees, not the model's loss: µ descends the composite of
+    :math:`l_i / c_i`, with c a bias-corrected running mean (decay ``normalize_decay``) of
+    the mean loss (``"mean"``: ρ becomes relative to the losses' scale, since scaling
+    every loss by c is dividing ρ by c) or of each loss (``"each"``: every loss in units
+    of its own recent size). The state then holds the running mean
+    (:class:`LossScaleState`); without it there is no state.
+
+    The defaults are the library's (see the README's "Defaults"). The paper's
     formulation exactly: ``yoto(mu_learning_rate=None, primary_floor=0.0)``.
 
     Args:
-      eps: the initial weight ratio λ_i / λ_0 of every auxiliary, > 0 (may be traced).
+      eps: the initial weight ratio λ_i / λ_0 of every auxiliary, > 0: a scalar or one
+        per auxiliary (may be traced).
       rho: the regularisation strength ρ >= 0 (float or schedule).
       mu_learning_rate: µ's Adam learning rate; None puts µ on the model's optimizer.
       mu_tx: replaces µ's optimizer altogether.
-      primary_floor: m in [0, 1), or ``"uniform"`` (1/(K+1)); see
+      primary_floor: m_0 in [0, 1), or ``"uniform"`` (1/T); see
         :func:`yoto_jax.loss_weights`.
+      loss_floor: m in [0, 1]: every weight is at least m/T.
+      normalize: None, ``"mean"`` or ``"each"``: the losses µ sees (see above).
+      normalize_decay: the running mean's decay in [0, 1).
 
     Returns:
       A :class:`~yoto_jax.Weighting`.
@@ -54,10 +100,16 @@ def yoto(
       >>> params, state = weighting.init(3)  # T = 3 losses: µ has K = 2 logits
       >>> weighting.weights(params, state)
       Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
+      >>> floored = yoto_jax.yoto(eps=1e-3, primary_floor=0.0, loss_floor=0.5)
+      >>> floored.weights(*floored.init(2)).round(4)  # each weight >= 0.5 / 2
+      Array([0.7495, 0.2505], dtype=float32)
     """
-    if jnp.ndim(eps) == 0:
-        _checks.positive(eps, "eps")
+    _checks.positive_entries(eps, "eps")
     _checks.non_negative(rho, "rho")
+    _checks.unit_interval(loss_floor, "loss_floor", closed=True)
+    if normalize is not None and normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize must be None or one of {NORMALIZE_MODES}, got {normalize!r}.")
+    _checks.unit_interval(normalize_decay, "normalize_decay")
 
     def floor(num_losses: int) -> ArrayLike:
         return resolve_floor(primary_floor, num_losses - 1)
@@ -69,16 +121,48 @@ def yoto(
                 f"YOTO needs a primary and at least one auxiliary loss, got {num_losses} loss."
             )
         logits = jnp.log(_checks.floating_array(eps, "eps").astype(jnp.float32))
-        return {MU_KEY: jnp.broadcast_to(logits, (num_losses - 1,))}, ()
+        if logits.ndim > 1 or logits.size not in (1, num_losses - 1):
+            raise ValueError(
+                f"eps must be a scalar or have shape (K,) = ({num_losses - 1},), one per "
+                f"auxiliary loss; got shape {logits.shape}."
+            )
+        params = {MU_KEY: jnp.broadcast_to(logits, (num_losses - 1,))}
+        if normalize is None:
+            return params, ()
+        return params, LossScaleState(jnp.zeros(num_losses, jnp.float32), jnp.int32(0))
+
+    def applied(mu: jax.Array) -> jax.Array:
+        weights = loss_weights(mu, primary_floor=floor(mu.shape[0] + 1))
+        floor_all = jnp.asarray(loss_floor, weights.dtype)
+        return floor_all / weights.shape[0] + (1.0 - floor_all) * weights
 
     def weights(params: dict[str, jax.Array], state: Any) -> jax.Array:
-        mu = params[MU_KEY]
-        return loss_weights(mu, primary_floor=floor(mu.shape[0] + 1))
+        return applied(params[MU_KEY])
 
     def objective(params, state, losses, key) -> jax.Array:
         mu = params[MU_KEY]
         losses = loss_vector(losses, mu.shape[0] + 1)
-        return yoto_composite(mu, losses, primary_floor=floor(mu.shape[0] + 1))
+        primary = floor(mu.shape[0] + 1)
+        floor_all = jnp.asarray(loss_floor, losses.dtype)
+        if normalize is None:
+            composite = yoto_composite(mu, losses, primary_floor=primary)
+        else:
+            # The model descends the composite of the raw losses, µ that of l / c.
+            seen = jax.lax.stop_gradient(losses) / _scale(
+                _updated_scale(state, jax.lax.stop_gradient(losses), normalize_decay),
+                normalize_decay,
+                normalize,
+            )
+            for_mu = yoto_composite(mu, seen, primary_floor=primary)
+            composite = (
+                yoto_composite(jax.lax.stop_gradient(mu), losses, primary_floor=primary)
+                + for_mu
+                - jax.lax.stop_gradient(for_mu)
+            )
+        return floor_all * jnp.mean(losses) + (1.0 - floor_all) * composite
+
+    def next_state(state: Any, losses: jax.Array) -> Any:
+        return state if normalize is None else _updated_scale(state, losses, normalize_decay)
 
     def optimizer(tx: optax.GradientTransformation) -> optax.GradientTransformation:
         return yoto_optimizer(tx, rho, mu_tx, mu_learning_rate=mu_learning_rate)
@@ -88,5 +172,6 @@ def yoto(
         objective,
         lambda params, state, losses, key: weights(params, state),
         weights,
+        next_state=next_state,
         optimizer=optimizer,
     )

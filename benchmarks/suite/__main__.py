@@ -1,0 +1,128 @@
+"""Run the task suite and choose YOTO's default by leave-one-task-out.
+
+    python -m benchmarks.suite [--quick] [--tasks a,b] [--candidates a,b] [--seeds N]
+                               [--out DIR]
+
+For every task: the fixed rows (grid, ``equal``, ``primary_only``) and every YOTO
+candidate, paired over seeds. Writes ``suite.json`` (every run's metrics and weights, the
+paired comparisons and the choice), ``suite.md`` (the tables) and ``suite.png`` to
+``--out``. Each task's raw results are kept in ``--out/raw`` and reused by a rerun with
+the same settings, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from benchmarks.suite import report
+from benchmarks.suite.candidates import CANDIDATES, fixed_rows
+from benchmarks.suite.tasks import TASKS
+from benchmarks.suite.train import (
+    FULL,
+    QUICK,
+    fixed_weighting,
+    run_rows,
+    yoto_config,
+    yoto_weighting,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, 300 steps: a smoke run")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--candidates", default=",".join(CANDIDATES))
+    parser.add_argument("--seeds", type=int, default=None, help="default: 5 (quick: 2)")
+    parser.add_argument("--out", default="results/suite")
+    args = parser.parse_args(argv)
+    for name in args.tasks.split(","):
+        if name not in TASKS:
+            parser.error(f"unknown task {name!r}; the tasks: {', '.join(TASKS)}")
+    for name in args.candidates.split(","):
+        if name not in CANDIDATES:
+            parser.error(f"unknown candidate {name!r}; the candidates: {', '.join(CANDIDATES)}")
+    return args
+
+
+def describe(task) -> dict[str, Any]:
+    """What the reports need to know of a task."""
+    fields = ("description", "loss_names", "roles", "metric_name", "higher_is_better")
+    return {field: getattr(task, field) for field in fields}
+
+
+def run_task(name: str, candidates: list[str], seeds: int, budget) -> tuple[dict, dict]:
+    """Every row of one task, {row: {field: array with a leading seed axis}}, and the
+    task's description."""
+    task = TASKS[name]()
+    num_losses = len(task.loss_names)
+    rows = {k: {"weights": v} for k, v in fixed_rows(num_losses).items()}
+    results = run_rows(task, fixed_weighting, rows, seeds, budget)
+    for normalize in dict.fromkeys(CANDIDATES[c].normalize for c in candidates):
+        group = {
+            c: yoto_config(CANDIDATES[c], num_losses, budget)
+            for c in candidates
+            if CANDIDATES[c].normalize == normalize
+        }
+        results.update(run_rows(task, yoto_weighting(normalize), group, seeds, budget))
+    return results, describe(task)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    seeds = args.seeds or (2 if args.quick else 5)
+    candidates = args.candidates.split(",")
+    out = Path(args.out)
+    (out / "raw").mkdir(parents=True, exist_ok=True)
+    settings = {"budget": budget._asdict(), "seeds": seeds, "candidates": candidates}
+    raw: dict[str, dict[str, Any]] = {}
+    described: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    for name in tqdm(args.tasks.split(","), desc="suite tasks"):
+        path = out / "raw" / f"{name}.json"
+        if path.exists() and json.loads(path.read_text())["settings"] == settings:
+            stored = json.loads(path.read_text())
+        else:
+            start = time.perf_counter()
+            results, task = run_task(name, candidates, seeds, budget)
+            stored = {
+                "settings": settings,
+                "task": task,
+                "seconds": time.perf_counter() - start,
+                "rows": jax.tree.map(lambda x: np.asarray(x).tolist(), results),
+            }
+            path.write_text(json.dumps(stored))
+        raw[name] = jax.tree.map(np.asarray, stored["rows"], is_leaf=lambda x: isinstance(x, list))
+        described[name] = stored["task"]
+        seconds[name] = stored["seconds"]
+
+    summary = report.summarise(raw, described, candidates)
+    meta = {
+        "command": "python -m benchmarks.suite " + " ".join(argv or []),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "settings": settings,
+        "seconds": seconds,
+    }
+    (out / "suite.json").write_text(json.dumps({"meta": meta, **summary}, indent=1))
+    (out / "suite.md").write_text(report.markdown(summary, meta))
+    report.plot(summary, out / "suite.png")
+    print((out / "suite.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
