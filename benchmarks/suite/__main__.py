@@ -7,7 +7,8 @@ For every task: the fixed rows (grid, ``equal``, ``primary_only``) and every YOT
 candidate, paired over seeds. Writes ``suite.json`` (every run's metrics and weights, the
 paired comparisons and the choice), ``suite.md`` (the tables) and ``suite.png`` to
 ``--out``. Each task's raw results are kept in ``--out/raw`` and reused by a rerun with
-the same settings, so an interrupted run continues where it stopped.
+the same budget and seeds, which trains only the rows they lack: an interrupted run
+continues where it stopped, and a new candidate costs only its own program.
 """
 
 from __future__ import annotations
@@ -61,21 +62,25 @@ def describe(task) -> dict[str, Any]:
     return {field: getattr(task, field) for field in fields}
 
 
-def run_task(name: str, candidates: list[str], seeds: int, budget) -> tuple[dict, dict]:
-    """Every row of one task, {row: {field: array with a leading seed axis}}, and the
-    task's description."""
+def run_task(name: str, candidates: list[str], seeds: int, budget, stored: dict) -> dict:
+    """The rows of one task that ``stored["rows"]`` lacks, added to it: the fixed rows
+    as one program, the missing YOTO candidates as one program per ``normalize``."""
     task = TASKS[name]()
     num_losses = len(task.loss_names)
-    rows = {k: {"weights": v} for k, v in fixed_rows(num_losses).items()}
-    results = run_rows(task, fixed_weighting, rows, seeds, budget)
-    for normalize in dict.fromkeys(CANDIDATES[c].normalize for c in candidates):
+    rows = stored.setdefault("rows", {})
+    if "equal" not in rows:
+        fixed = {k: {"weights": v} for k, v in fixed_rows(num_losses).items()}
+        rows.update(run_rows(task, fixed_weighting, fixed, seeds, budget))
+    missing = [c for c in candidates if c not in rows]
+    for normalize in dict.fromkeys(CANDIDATES[c].normalize for c in missing):
         group = {
             c: yoto_config(CANDIDATES[c], num_losses, budget)
-            for c in candidates
+            for c in missing
             if CANDIDATES[c].normalize == normalize
         }
-        results.update(run_rows(task, yoto_weighting(normalize), group, seeds, budget))
-    return results, describe(task)
+        rows.update(run_rows(task, yoto_weighting(normalize), group, seeds, budget))
+    stored["task"] = describe(task)
+    return stored
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,25 +90,31 @@ def main(argv: list[str] | None = None) -> None:
     candidates = args.candidates.split(",")
     out = Path(args.out)
     (out / "raw").mkdir(parents=True, exist_ok=True)
-    settings = {"budget": budget._asdict(), "seeds": seeds, "candidates": candidates}
+    settings = {"budget": budget._asdict(), "seeds": seeds}
     raw: dict[str, dict[str, Any]] = {}
     described: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     for name in tqdm(args.tasks.split(","), desc="suite tasks"):
         path = out / "raw" / f"{name}.json"
-        if path.exists() and json.loads(path.read_text())["settings"] == settings:
-            stored = json.loads(path.read_text())
-        else:
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        if {k: stored.get("settings", {}).get(k) for k in settings} != settings:
+            stored = {}
+        if "equal" not in stored.get("rows", {}) or any(
+            c not in stored["rows"] for c in candidates
+        ):
             start = time.perf_counter()
-            results, task = run_task(name, candidates, seeds, budget)
-            stored = {
-                "settings": settings,
-                "task": task,
-                "seconds": time.perf_counter() - start,
-                "rows": jax.tree.map(lambda x: np.asarray(x).tolist(), results),
-            }
+            stored = jax.tree.map(np.asarray, stored, is_leaf=lambda x: isinstance(x, list))
+            stored = run_task(name, candidates, seeds, budget, stored)
+            stored["settings"] = settings
+            stored["seconds"] = stored.get("seconds", 0.0) + time.perf_counter() - start
+            stored = jax.tree.map(lambda x: np.asarray(x).tolist(), stored)
             path.write_text(json.dumps(stored))
-        raw[name] = jax.tree.map(np.asarray, stored["rows"], is_leaf=lambda x: isinstance(x, list))
+        rows = stored["rows"]
+        raw[name] = {
+            row: jax.tree.map(np.asarray, rows[row], is_leaf=lambda x: isinstance(x, list))
+            for row in rows
+            if row in candidates or row in fixed_rows(len(stored["task"]["loss_names"]))
+        }
         described[name] = stored["task"]
         seconds[name] = stored["seconds"]
 
