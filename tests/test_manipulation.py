@@ -511,7 +511,7 @@ def test_cagrad_scale_to_sum_multiplies_by_the_number_of_losses(rescale, rng):
     sum_scale = combine(
         bl.cagrad_transformation(True, c=0.4, rescale=rescale, scale_to_sum=True), grads
     )
-    np.testing.assert_allclose(sum_scale, 3 * np.asarray(mean_scale), rtol=1e-6)
+    np.testing.assert_allclose(sum_scale, 3 * np.asarray(mean_scale), rtol=1e-6, atol=4e-6)
 
 
 def test_cagrad_accepts_a_traced_radius(rng):
@@ -600,14 +600,18 @@ def test_the_weighting_step_is_the_transformation_on_the_per_loss_gradients(
     expected, _ = transformation().update(
         summed(per_loss), tx_state(key), params, per_loss_grads=per_loss
     )
+    # float32 gradients of order 1, summed in different orders: a few ulps.
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-6),
         result.model_grads,
         expected,
     )
     # The heads get their own loss's gradient: the plain sum.
     np.testing.assert_allclose(
-        result.model_grads["heads"], jax.grad(lambda p: losses_fn(p).sum())(params)["heads"]
+        result.model_grads["heads"],
+        jax.grad(lambda p: losses_fn(p).sum())(params)["heads"],
+        rtol=2e-6,
+        atol=2e-6,
     )
     np.testing.assert_allclose(result.losses, losses_fn(params), rtol=1e-6)
     np.testing.assert_array_equal(result.weights, np.ones(3))

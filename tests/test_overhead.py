@@ -61,6 +61,6 @@ def test_steps_per_call_runs_that_many_training_steps_in_one_call():
     assert len(plain.traces) == len(scanned.traces) == 1
     got, want = jax.tree.leaves(scanned.state), jax.tree.leaves(plain.state)
     for leaf, expected in zip(got, want, strict=True):
-        np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=2e-6)
     # Three steps changed the state, so the comparison is not vacuous.
     assert any(not np.allclose(leaf, first) for leaf, first in zip(want, start, strict=True))
