@@ -166,6 +166,32 @@ def test_modules_check_loss_names():
         LinenLossWeights("depth", ("seg",), eps=0.0).init(
             jax.random.key(0), {"depth": 1.0, "seg": 1.0}
         )
+    # one string is not a sequence of names (it would make the auxiliaries 's', 'e', 'g')
+    with pytest.raises(
+        TypeError, match=r"auxiliary must be a sequence of loss names, e.g. \['seg'\]"
+    ):
+        LossWeights("depth", "seg")
+    with pytest.raises(TypeError, match="not the string 'seg'"):
+        LinenLossWeights("depth", "seg").init(jax.random.key(0), {"depth": 1.0, "seg": 1.0})
+
+
+def test_nnx_train_step_rejects_missing_and_unweighted_losses():
+    model = Swappable(None)
+    optimizer = nnx.Optimizer(model, model.loss_weights.optimizer(optax.adam(0.1)), wrt=nnx.Param)
+    batch = two_target_data()
+    before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    with pytest.raises(KeyError, match=r"missing \[\], not weighted \['extra'\]"):
+        yoto_jax.nnx.train_step(
+            model, optimizer, model.loss_weights, lambda m: {**m.losses(*batch), "extra": 1.0}
+        )
+    with pytest.raises(KeyError, match=r"missing \['auxiliary'\], not weighted \[\]"):
+        yoto_jax.nnx.train_step(
+            model, optimizer, model.loss_weights, lambda m: {"primary": m.losses(*batch)["primary"]}
+        )
+    for leaf, unchanged in zip(
+        jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(before)
+    ):
+        np.testing.assert_array_equal(leaf, unchanged)
 
 
 # Any weighting in an NNX model: yoto_jax.nnx.train_step --------------------------------
@@ -268,3 +294,57 @@ def test_nnx_train_step_rejects_a_foreign_loss_weights_and_non_yoto_call():
         yoto_jax.nnx.train_step(model, optimizer, stray, lambda m: m.losses(*batch))
     with pytest.raises(TypeError, match="train_step"):
         model.loss_weights({"primary": 1.0, "auxiliary": 2.0})
+
+
+class WithRegulariser(nnx.Module):
+    """TwoHeads plus a third loss that stays near 5 whatever the model does (a
+    regulariser's loss that is large by construction), with the default LossWeights."""
+
+    def __init__(self):
+        self.body = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
+        self.loss_weights = LossWeights("primary", ["auxiliary", "consistency"])
+
+    def losses(self, x, primary, auxiliary):
+        losses = TwoHeads.losses(self, x, primary, auxiliary)
+        return {**losses, "consistency": 5.0 + 0.01 * losses["auxiliary"]}
+
+
+STEPS, SUSTAIN = 70, 20
+
+
+def test_nnx_report_switches_off_a_large_auxiliary_with_the_defaults():
+    """The default LossWeights turns the third loss down: its free weight s_2 falls below
+    0.05/3 and, ``sustain`` (here 20) reports later, ``switched_off`` names it; the reports chain
+    through ``previous`` inside ``nnx.jit``. The report after ``train_step`` holds the
+    updated weights (those of the next step), ``train_step`` the weights it applied."""
+    model = WithRegulariser()
+    optimizer = nnx.Optimizer(model, model.loss_weights.optimizer(optax.adam(0.05)), wrt=nnx.Param)
+    batch = two_target_data()
+
+    @nnx.jit
+    def step(model, optimizer, report):
+        losses, weights = yoto_jax.nnx.train_step(
+            model, optimizer, model.loss_weights, lambda m: m.losses(*batch)
+        )
+        return weights, model.loss_weights.report(losses, previous=report, sustain=SUSTAIN)
+
+    report, mus = None, []
+    for _ in range(STEPS - 1):
+        weights, report = step(model, optimizer, report)
+        mus.append(np.asarray(model.loss_weights.mu))
+    before = list(model.loss_weights.weights().values())
+    weights, report = step(model, optimizer, report)
+    mus.append(np.asarray(model.loss_weights.mu))
+    np.testing.assert_allclose(list(weights.values()), before, rtol=1e-6)
+    after = list(model.loss_weights.weights().values())
+    np.testing.assert_allclose(report.weights, after, rtol=1e-6)
+    assert np.abs(np.subtract(after, before)).max() > 1e-4
+    # off_steps: the reports in a row with s_2 below the threshold (NumPy)
+    logits = np.concatenate([np.zeros((STEPS, 1)), np.array(mus, np.float64)], 1)
+    free = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    below = free[:, 1:] < 0.05 / 3
+    run = STEPS - 1 - max(t for t in range(STEPS) if not below[t, 1])
+    assert report.off_steps.tolist() == [0, run] and run >= SUSTAIN
+    named = model.loss_weights.report_names(report)
+    assert named.switched_off == ("consistency",) and bool(report.any_switched_off)
+    assert not named.collapsed and named.finite and named.heaviest != "consistency"

@@ -21,7 +21,7 @@ from yoto_jax.composite import (
 )
 from yoto_jax.decay import DEFAULT_RHO as DEFAULT_RHO
 from yoto_jax.decay import HyperparameterDecayState, hyperparameter_decay
-from yoto_jax.diagnostics import WeightReport, weight_report
+from yoto_jax.diagnostics import NamedReport, WeightReport, report_names, weight_report
 from yoto_jax.grid import loss_weight_grid, random_loss_weights, stack_trees, vmapped_training
 from yoto_jax.optimizer import DEFAULT_MU_LEARNING_RATE as DEFAULT_MU_LEARNING_RATE
 from yoto_jax.optimizer import yoto_optimizer
@@ -45,6 +45,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HalvingResult",
     "HyperparameterDecayState",
+    "NamedReport",
     "PBTHistory",
     "PBTResult",
     "Rung",
@@ -70,6 +71,7 @@ __all__ = [
     "regularizer",
     "regularizer_grad",
     "relative_weights",
+    "report_names",
     "stack_trees",
     "successive_halving",
     "trainer",

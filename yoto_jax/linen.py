@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 from jax.typing import ArrayLike
 
+from yoto_jax import _checks
 from yoto_jax.composite import (
     DEFAULT_EPS,
     UNIFORM,
@@ -16,7 +18,14 @@ from yoto_jax.composite import (
     named_loss_weights,
     resolve_floor,
 )
-from yoto_jax.diagnostics import WeightReport, ordered_losses, weight_report
+from yoto_jax.diagnostics import (
+    NamedReport,
+    WeightReport,
+    check_loss_names,
+    ordered_losses,
+    report_names,
+    weight_report,
+)
 from yoto_jax.selection import MU_KEY
 
 
@@ -48,7 +57,8 @@ class LossWeights(nn.Module):
     primary_floor: float | str = UNIFORM
 
     def setup(self):
-        init_mu([self.primary, *self.auxiliary], self.eps)  # validates the names and eps
+        check_loss_names(self.primary, self.auxiliary)
+        _checks.positive(self.eps, "eps")
         self.floor = resolve_floor(self.primary_floor, len(self.auxiliary))
         self.mu = self.param(MU_KEY, lambda _key: init_mu(len(self.auxiliary), self.eps))
 
@@ -64,11 +74,24 @@ class LossWeights(nn.Module):
             self.mu, self.primary, tuple(self.auxiliary), primary_floor=self.floor
         )
 
-    def report(self, losses: Mapping[str, ArrayLike]) -> WeightReport:
+    def report(
+        self,
+        losses: Mapping[str, ArrayLike],
+        previous: WeightReport | None = None,
+        **options: Any,
+    ) -> WeightReport:
         """:func:`yoto_jax.weight_report` of the current weights and a dict of losses, for
-        logging; its arrays follow the order ``(primary, *auxiliary)``."""
+        logging; its arrays follow the order ``(primary, *auxiliary)``. ``previous`` and
+        ``options`` (``primary_threshold``, ``off_fraction``, ``sustain``) as there."""
         return weight_report(
             self.mu,
             ordered_losses(losses, self.primary, tuple(self.auxiliary)),
+            previous=previous,
             primary_floor=self.floor,
+            **options,
         )
+
+    def report_names(self, report: WeightReport) -> NamedReport:
+        """:func:`yoto_jax.report_names` with the names ``(primary, *auxiliary)``; needs no
+        variables (call it on the unbound module, after the jitted step)."""
+        return report_names(report, (self.primary, *self.auxiliary))

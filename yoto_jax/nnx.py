@@ -19,7 +19,14 @@ from flax import nnx
 from jax.typing import ArrayLike
 
 from yoto_jax.composite import DEFAULT_EPS, UNIFORM, named_composite, resolve_floor
-from yoto_jax.diagnostics import WeightReport, ordered_losses, weight_report
+from yoto_jax.diagnostics import (
+    NamedReport,
+    WeightReport,
+    build_report,
+    check_loss_names,
+    ordered_losses,
+    report_names,
+)
 from yoto_jax.selection import MU_KEY
 from yoto_jax.weighting import Weighting
 from yoto_jax.yoto_weighting import yoto
@@ -95,11 +102,7 @@ class LossWeights(nnx.Module):
           primary_floor: YOTO's least weight of the primary loss, m in [0, 1), or
             ``"uniform"`` (1/(K+1), the default); 0 is the paper's formulation.
         """
-        names = [primary, *auxiliary]
-        if not auxiliary or not all(isinstance(name, str) for name in names):
-            raise ValueError(f"expected a primary name and >= 1 auxiliary names, got {names!r}.")
-        if len(set(names)) != len(names):
-            raise ValueError(f"loss names must be unique, got {names!r}.")
+        names = check_loss_names(primary, auxiliary)
         self.primary = primary
         self.auxiliary = tuple(auxiliary)
         self.is_yoto = weighting is None
@@ -156,10 +159,44 @@ class LossWeights(nnx.Module):
         see :mod:`yoto_jax.weighting`)."""
         return self.named(self.weighting.weights(self.params, self.state.get_value()))
 
-    def report(self, losses: Mapping[str, ArrayLike]) -> WeightReport:
-        """:func:`yoto_jax.weight_report` of YOTO's current weights and a dict of losses,
-        for logging; its arrays follow the order of ``names``."""
-        return weight_report(self.mu, self.vector(losses), primary_floor=self.primary_floor)
+    def report(
+        self,
+        losses: Mapping[str, ArrayLike],
+        previous: WeightReport | None = None,
+        **options: Any,
+    ) -> WeightReport:
+        """:func:`yoto_jax.weight_report` of YOTO's current µ and a dict of losses, for
+        logging; its arrays follow the order of ``names`` (:meth:`report_names` names them).
+
+        ``weights`` are those of the current µ, with the weighting's floors: called after
+        :func:`train_step`, the weights of the next step (``train_step`` returns those it
+        applied). Pass the previous report as ``previous`` to count the steps an
+        auxiliary stays switched off; ``options`` are ``weight_report``'s keyword
+        arguments (``primary_threshold``, ``off_fraction``, ``sustain``).
+
+        Example:
+          >>> weights = LossWeights("depth", ["segmentation", "consistency"])
+          >>> report = weights.report({"depth": 1.0, "segmentation": 0.7, "consistency": 0.2})
+          >>> weights.report_names(report).switched_off, bool(report.collapsed)
+          ((), False)
+        """
+        if MU_KEY not in self.param_names:
+            raise TypeError(
+                "report reads YOTO's logits µ; this LossWeights's weighting has the params "
+                f"{list(self.param_names)}: log weights() instead."
+            )
+        return build_report(
+            self.mu,
+            self.vector(losses),
+            self.weighting.weights(self.params, self.state.get_value()),
+            previous=previous,
+            **options,
+        )
+
+    def report_names(self, report: WeightReport) -> NamedReport:
+        """:func:`yoto_jax.report_names` with these names: a report's flags and indices as
+        loss names, on the host (after the jitted step)."""
+        return report_names(report, self.names)
 
 
 def _path_of(model: nnx.Module, module: nnx.Module) -> tuple:
@@ -193,7 +230,8 @@ def train_step(
       model: the model; ``loss_weights`` must be one of its submodules.
       optimizer: ``nnx.Optimizer(model, loss_weights.optimizer(tx), wrt=nnx.Param)``.
       loss_weights: the :class:`LossWeights` of this objective.
-      losses_fn: ``model -> {name: scalar loss}``.
+      losses_fn: ``model -> {name: scalar loss}``, exactly the names of ``loss_weights``
+        (a missing or unweighted name raises a ``KeyError``).
       key: this step's PRNG key, for random methods (RLW, PCGrad).
 
     Returns:
