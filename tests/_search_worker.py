@@ -1,4 +1,4 @@
-"""The test problem of tests/test_search.py, and a script that searches it in a fresh process.
+"""The test problems of tests/test_search*.py, and a script that searches one in a fresh process.
 
 The problem: weighted least squares θ ∈ R^3 on a primary and an auxiliary regression
 task, config = loss weights (1, w), trained by SGD (Optax, a linear learning-rate
@@ -12,6 +12,9 @@ count is fixed when it starts, hence a separate process) and writes the results 
 ``.npz`` files: ``DIR --stop-after R`` runs the search uninterrupted, then again with a
 checkpoint that stops after R rungs, as a preempted job would; a second process, ``DIR``
 alone, resumes from that checkpoint.
+
+The counting problem (``count_*``) checks bookkeeping exactly: a member adds its
+config's first entry once per step, and its score is that sum.
 """
 
 from __future__ import annotations
@@ -102,6 +105,22 @@ def make_problem(total_steps: int) -> tuple:
         return jnp.mean((X_VAL @ state["theta"] - Y_VAL) ** 2)
 
     return init_fn, train_fn, eval_fn
+
+
+def count_init(config: Any, key: Any) -> dict:
+    """The counting problem's state: its steps and the sum of config[0] over them."""
+    import jax.numpy as jnp
+
+    return {"steps": jnp.zeros((), jnp.int32), "sum": jnp.zeros(())}
+
+
+def count_train(state: dict, config: Any, key: Any, num_steps: int) -> dict:
+    """Adds the config's first entry once per step; the score is that sum."""
+    return {"steps": state["steps"] + num_steps, "sum": state["sum"] + num_steps * config[0]}
+
+
+def count_eval(state: dict, config: Any) -> Any:
+    return state["sum"]
 
 
 def result_arrays(result: Any) -> dict[str, np.ndarray]:

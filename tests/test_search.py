@@ -7,7 +7,6 @@ counting problems check the bookkeeping exactly. Two fresh processes run the sea
 simulated CPU devices, the second resuming the first's preempted, checkpointed search.
 """
 
-import doctest
 import itertools
 import os
 import subprocess
@@ -25,6 +24,9 @@ from _search_worker import (
     HALVING_STEPS,
     closed_form_theta,
     closed_form_val_loss,
+    count_eval,
+    count_init,
+    count_train,
     make_problem,
     result_arrays,
     weight_rows,
@@ -149,26 +151,13 @@ def test_checkpoint_resume_in_process(search, tmp_path: Path):
         np.testing.assert_array_equal(got.scores, want.scores)
     # A finished checkpoint is a finished search; other settings are refused.
     assert_trees_equal(halving(checkpoint_dir=tmp_path).best_state, search.best_state)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="holds another search"):
         successive_halving(
             *HALVING, CONFIGS, jax.random.key(1), total_steps=HALVING_STEPS, checkpoint_dir=tmp_path
         )
 
 
 # --- exact bookkeeping on a counting problem ----------------------------------------------
-
-
-def count_init(config: jax.Array, key: jax.Array) -> dict:
-    return {"steps": jnp.zeros((), jnp.int32), "sum": jnp.zeros(())}
-
-
-def count_train(state: dict, config: jax.Array, key: jax.Array, num_steps: int) -> dict:
-    """Adds the config's first entry once per step; the score is that sum."""
-    return {"steps": state["steps"] + num_steps, "sum": state["sum"] + num_steps * config[0]}
-
-
-def count_eval(state: dict, config: jax.Array) -> jax.Array:
-    return state["sum"]
 
 
 def counting(configs: jax.Array, **kwargs: Any) -> yoto_jax.search.HalvingResult:
@@ -226,7 +215,7 @@ BAD_KEYS = jax.random.split(KEY, 9)
     [
         ({}, {}, ValueError, "at least one array"),
         ({"a": jnp.ones((3, 1)), "b": jnp.ones((2, 1))}, {}, ValueError, "same leading size"),
-        (jnp.ones((9, 2), jnp.int32), {}, TypeError, "floating dtype"),
+        (jnp.ones((9, 2), bool), {}, TypeError, "floating or integer dtype"),
         ({"w": CONFIGS, "lr": jnp.float32(0.1)}, {}, ValueError, "leading axis"),
         (CONFIGS, {"total_steps": 2}, ValueError, "total_steps too small for the rungs"),
         (CONFIGS, {"total_steps": 0}, ValueError, "total_steps must be an int >= 1"),
@@ -238,6 +227,15 @@ BAD_KEYS = jax.random.split(KEY, 9)
         (CONFIGS, {"rung_steps": [0, 15, 15]}, ValueError, "every entry of rung_steps"),
         (CONFIGS, {"stop_after_rung": 1}, ValueError, "needs checkpoint_dir"),
         (CONFIGS, {"key": BAD_KEYS}, ValueError, "one PRNG key"),
+        (
+            CONFIGS,
+            {"key": 0},
+            TypeError,
+            r"key must hold PRNG keys \(jax.random.key\(seed\).*got 0",
+        ),
+        (CONFIGS, {"maximize": "False"}, TypeError, "maximize must be a bool"),
+        (CONFIGS, {"maximize": 0}, TypeError, "maximize must be a bool"),
+        (jnp.ones((0, 2)), {}, ValueError, "at least 1 member .*got 0"),
         (CONFIGS, {"axis": "population"}, ValueError, "pass mesh too"),
     ],
 )
@@ -374,14 +372,16 @@ def test_exploit_copies_the_whole_state_in_one_compiled_program():
         (CONFIGS, {"perturbation": 0.0}, ValueError, "perturbation must be"),
         (CONFIGS, {"explore_fn": "random"}, TypeError, "explore_fn must be a function"),
         (CONFIGS[:1], {}, ValueError, "at least 2 members"),
-        (jnp.ones((4, 2), jnp.int32), {}, TypeError, "floating dtype"),
+        (CONFIGS, {"key": 0}, TypeError, "key must hold PRNG keys"),
+        (CONFIGS, {"maximize": "False"}, TypeError, "maximize must be a bool"),
+        (jnp.ones((4, 2), bool), {}, TypeError, "floating or integer dtype"),
         ({}, {}, ValueError, "at least one array"),
     ],
 )
 def test_pbt_rejects_bad_inputs(configs, kwargs, error, match):
-    kwargs = {"total_steps": 30, "interval": 10, **kwargs}
+    kwargs = {"key": KEY, "total_steps": 30, "interval": 10, **kwargs}
     with pytest.raises(error, match=match):
-        population_based_training(count_init, count_train, count_eval, configs, KEY, **kwargs)
+        population_based_training(count_init, count_train, count_eval, configs, **kwargs)
 
 
 def test_pbt_rejects_non_scalar_scores():
@@ -395,14 +395,6 @@ def test_pbt_rejects_non_scalar_scores():
             total_steps=2,
             interval=1,
         )
-
-
-# --- documentation ------------------------------------------------------------------------
-
-
-def test_docstring_examples_run():
-    results = doctest.testmod(yoto_jax.search, optionflags=doctest.ELLIPSIS)
-    assert results.attempted > 0 and results.failed == 0
 
 
 # --- 8 simulated devices and preemption, in fresh processes --------------------------------
@@ -434,7 +426,7 @@ def test_eight_devices_match_one_device(mesh_runs, cpu_search):
     assert eight.keys() == one.keys()
     for name, value in one.items():
         if np.issubdtype(value.dtype, np.floating):
-            np.testing.assert_allclose(eight[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+            np.testing.assert_allclose(eight[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
         else:
             np.testing.assert_array_equal(eight[name], value, err_msg=name)
 

@@ -162,21 +162,83 @@ def primary_name(mu: Mapping[str, Any], losses: Mapping[str, Any]) -> str:
     return extra[0]
 
 
-def positive_int(x: Any, name: str) -> int:
-    """`x` itself when it is a Python int >= 1 (a count: losses, configurations, steps).
+def positive_int(x: Any, name: str, minimum: int = 1) -> int:
+    """`x` as a Python int when it is a Python or NumPy int >= ``minimum`` (a count:
+    losses, configurations, steps).
 
     Example:
-      >>> positive_int(3, "num_steps")
+      >>> import numpy as np
+      >>> positive_int(np.int64(3), "num_steps")
       3
     """
-    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {x!r}.")
-    return x
+    if isinstance(x, bool | np.bool_) or not isinstance(x, int | np.integer) or x < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {x!r}.")
+    return int(x)
 
 
-def num_configs(tree: Any, name: str) -> int:
+def boolean(x: Any, name: str) -> bool:
+    """`x` as a Python bool when it is a Python or NumPy bool (not a string or a number).
+
+    Example:
+      >>> boolean("False", "maximize")
+      Traceback (most recent call last):
+      TypeError: maximize must be a bool (True or False), got 'False'.
+    """
+    if not isinstance(x, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool (True or False), got {x!r}.")
+    return bool(x)
+
+
+def real_array(x: Any, what: str) -> jax.Array:
+    """`x` as a JAX array of a floating or integer dtype (a configuration's weights or seed).
+
+    Example:
+      >>> real_array([1, 2], "seeds")
+      Array([1, 2], dtype=int32)
+    """
+    try:
+        array = jnp.asarray(x)
+    except TypeError as error:
+        raise TypeError(f"{what} must be an array of numbers, got {type(x).__name__}.") from error
+    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+        raise TypeError(f"{what} must have a floating or integer dtype, got {array.dtype}.")
+    return array
+
+
+def key_axis(keys: Any, num: int, name: str) -> int | None:
+    """0 when `keys` holds one PRNG key per configuration (leading size `num`), None
+    for one key; typed keys or raw ``uint32`` ones (``jax.random.PRNGKey``).
+
+    Example:
+      >>> import jax
+      >>> key_axis(jax.random.split(jax.random.key(0), 4), 4, "keys")
+      0
+    """
+    array = jnp.asarray(keys)
+    if jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
+        key_shape = ()
+    elif array.dtype == jnp.uint32 and array.ndim >= 1:
+        key_shape = array.shape[-1:]  # raw keys from jax.random.PRNGKey: (..., 2)
+    else:
+        given = f"{keys!r}" if isinstance(keys, int | np.integer) else f"dtype {array.dtype}"
+        raise TypeError(
+            f"{name} must hold PRNG keys (jax.random.key(seed), or jax.random.split of one), "
+            f"got {given}."
+        )
+    if array.shape == key_shape:
+        return None
+    if array.shape == (num, *key_shape):
+        return 0
+    raise ValueError(
+        f"{name} must be one key, or one key per configuration (leading size {num}), got a "
+        f"shape {array.shape}."
+    )
+
+
+def num_configs(tree: Any, name: str, *, integers: bool = False) -> int:
     """The common leading size N of the floating leaves of `tree` (one entry per
-    configuration: a grid's hyperparameters, a search's configurations).
+    configuration: a grid's hyperparameters, a search's configurations); with
+    ``integers``, integer leaves (a seed) are allowed too.
 
     Example:
       >>> import jax.numpy as jnp
@@ -189,7 +251,7 @@ def num_configs(tree: Any, name: str) -> int:
     sizes = set()
     for path, leaf in leaves:
         where = name + jax.tree_util.keystr(path)
-        array = floating_array(leaf, where)
+        array = real_array(leaf, where) if integers else floating_array(leaf, where)
         if array.ndim == 0:
             raise ValueError(
                 f"{where} must have a leading axis of one entry per configuration, got a scalar; "

@@ -24,27 +24,6 @@ from yoto_jax import _checks
 Metrics = TypeVar("Metrics")
 
 
-def _key_axis(keys: Any, num: int) -> int | None:
-    """0 when `keys` holds one PRNG key per configuration, None for one shared key."""
-    keys = jnp.asarray(keys)
-    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        key_shape = ()
-    elif keys.dtype == jnp.uint32 and keys.ndim >= 1:
-        key_shape = keys.shape[-1:]  # raw keys from jax.random.PRNGKey: (..., 2)
-    else:
-        raise TypeError(
-            f"keys must be PRNG keys (jax.random.key or jax.random.split), got dtype {keys.dtype}."
-        )
-    if keys.shape == key_shape:
-        return None
-    if keys.shape == (num, *key_shape):
-        return 0
-    raise ValueError(
-        f"keys must be one key, or one key per configuration (leading size {num}), got keys of "
-        f"shape {keys.shape}."
-    )
-
-
 def vmapped_training(
     train_one: Callable[..., Metrics],
 ) -> Callable[..., Metrics]:
@@ -84,7 +63,7 @@ def vmapped_training(
 
     def run(hparams: Any, keys: ArrayLike, *args: Any) -> Metrics:
         num = _checks.num_configs(hparams, "hparams")
-        in_axes = (0, _key_axis(keys, num)) + (None,) * len(args)
+        in_axes = (0, _checks.key_axis(keys, num, "keys")) + (None,) * len(args)
         return jax.vmap(train_one, in_axes=in_axes)(hparams, keys, *args)
 
     return jax.jit(run)
