@@ -64,7 +64,8 @@ class HalvingResult(NamedTuple):
       best_index: the winner's index into ``configs``.
       best_config: the winner's configuration (``configs`` without the leading axis).
       best_state: the winner's final state, trained for ``total_steps`` in all.
-      member_steps: the training steps spent, summed over members (padding excluded).
+      member_steps: the training steps asked of ``train_fn``, summed over members
+        (padding excluded).
       history: one :class:`Rung` per rung.
     """
 
@@ -255,13 +256,15 @@ def successive_halving(
       A :class:`HalvingResult`.
 
     Raises:
-      ValueError or TypeError at call time for empty, non-numeric, scalar or unequal
-      configs, a key that is not one PRNG key, a non-bool ``maximize``, bad
-      ``total_steps``, ``eta``, ``rung_steps``, ``mesh`` or ``axis``, and a
-      ``checkpoint_dir`` of another search; when the first rung is traced, for an
-      ``eval_fn`` that returns a non-scalar or a ``train_fn`` that changes the state's
-      shapes; after a rung whose every score is NaN. RuntimeError while another process
-      holds ``checkpoint_dir``.
+      TypeError: at call time, for non-numeric configs, a key that is not a PRNG key,
+        a ``maximize`` that is not a bool, or functions that are not callable.
+      ValueError: at call time, for empty, scalar or unequal configs, several keys, bad
+        ``total_steps``, ``eta``, ``rung_steps``, ``mesh`` or ``axis``, or a
+        ``checkpoint_dir`` that holds another search or other files; when the first
+        rung is traced, for an ``eval_fn`` that returns a non-scalar or a ``train_fn``
+        that changes the state's shapes or dtypes; after a rung whose every score is
+        NaN.
+      RuntimeError: while another process holds ``checkpoint_dir``.
 
     Example:
       >>> import jax, jax.numpy as jnp

@@ -220,11 +220,13 @@ def population_based_training(
       parents.
 
     Raises:
-      ValueError or TypeError at call time for bad arguments (as
-      :func:`~yoto_jax.successive_halving`, and ``interval``, ``fraction``,
-      ``perturbation``); when the program is traced, for an ``eval_fn`` that returns a
-      non-scalar or a ``train_fn`` or ``explore_fn`` that changes shapes or dtypes;
-      after the run, when every score of a round is NaN (naming the round).
+      TypeError: at call time, for non-numeric configs, a key that is not a PRNG key,
+        a ``maximize`` that is not a bool, or functions that are not callable.
+      ValueError: at call time, for fewer than 2 members, scalar or unequal configs,
+        several keys, bad ``total_steps``, ``interval``, ``fraction`` or
+        ``perturbation``; when the program is traced, for an ``eval_fn`` that returns a
+        non-scalar or a ``train_fn`` or ``explore_fn`` that changes shapes or dtypes;
+        after the run, when every score of a round is NaN (naming the round).
 
     Example:
       >>> import jax, jax.numpy as jnp
