@@ -185,7 +185,7 @@ def restore(manager: Any, abstract_states: Callable[[dict], Any]) -> tuple[dict,
             warnings.warn(
                 f"the checkpoint of rung {failed} could not be read ({reason[:300]}); moved it "
                 f"to {aside} and resumed from rung {step}.",
-                stacklevel=4,
+                stacklevel=3,
             )
         if failures:
             manager.reload()
