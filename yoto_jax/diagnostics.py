@@ -97,8 +97,8 @@ def weight_report(
     ``previous`` starts from 0). This is typical of regularising auxiliaries
     (consistency, invariance, distillation, Dice): their losses stay large by
     construction, and YOTO turns them down whatever they do for the primary's
-    generalisation. If the auxiliary is meant to help: a floor on every loss, a
-    larger ε or ρ, equal weights, or a search over fixed weights
+    generalisation. If the auxiliary is meant to help: a floor on every loss
+    (``yoto(loss_floor=...)``), a larger ε or ρ, equal weights, or a search over fixed weights
     (:func:`yoto_jax.successive_halving`). If it is meant to be turned down, the flag
     says that it was.
 
