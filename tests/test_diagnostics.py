@@ -97,7 +97,7 @@ def test_not_finite():
     assert named.smallest_loss is None and named.heaviest == "b" and not named.finite
 
 
-STEPS = 200
+STEPS = 150
 
 
 def trained(offset: float, scale: float):
