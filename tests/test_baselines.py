@@ -61,7 +61,7 @@ METHODS = {
 }
 
 
-# The weighting contract ----------------------------------------------------------------
+# The weighting contract (for every method, shapes, jit, vmap and more: test_contract.py) --
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -82,25 +82,6 @@ def test_one_jitted_trainer_step_takes_the_weighted_gradient_step(name):
         np.testing.assert_allclose(log.losses, residuals**2, rtol=1e-5, atol=1e-6)
         expected = theta - lr * (2 * residuals * np.asarray(log.weights)) @ x
         np.testing.assert_allclose(state.params["model"], expected, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("num_losses", [1, 3])
-@pytest.mark.parametrize("name", list(METHODS))
-def test_weights_have_one_entry_per_loss(name, num_losses):
-    method = METHODS[name]()
-    params, state = method.init(num_losses)
-    weights = method.weights(params, state)
-    assert weights.shape == (num_losses,)
-    assert jnp.issubdtype(weights.dtype, jnp.floating)
-    result = method.step(
-        lambda m: m * jnp.arange(1.0, num_losses + 1),
-        jnp.float32(1.0),
-        params,
-        state,
-        key=jax.random.key(0),
-    )
-    assert result.weights.shape == (num_losses,)
-    assert result.losses.shape == (num_losses,)
 
 
 def test_the_exported_api():
@@ -137,48 +118,6 @@ def test_the_exported_api():
     assert not removed & set(bl.__all__)
     for name in exported:
         assert hasattr(bl, name)
-
-
-# A configuration axis: jit and vmap over a hyperparameter --------------------------------
-
-VMAP_CASES = {  # name: (hyperparameter values, h -> (method, model optimizer))
-    "ew": ([0.05, 0.1], lambda h: (bl.equal_weighting(), optax.sgd(h))),
-    "uncertainty": ([0.0, -0.5], lambda h: (bl.uncertainty(h), optax.sgd(0.05))),
-    "dwa": ([2.0, 0.5], lambda h: (bl.dwa(1, temperature=h), optax.sgd(0.05))),
-    "rlw": ([0.05, 0.1], lambda h: (bl.rlw(), optax.sgd(h))),
-    "famo": ([0.025, 0.5], lambda h: (bl.famo(learning_rate=h), optax.sgd(0.05))),
-    "gradnorm": ([1.5, 0.0], lambda h: (bl.gradnorm(True, alpha=h), optax.sgd(0.05))),
-}
-
-
-@pytest.mark.parametrize("name", list(VMAP_CASES))
-def test_trainer_under_jit_and_vmap_over_a_hyperparameter_equals_the_unbatched_runs(name):
-    values, make = VMAP_CASES[name]
-    x = jnp.array([[1.0, 0.5], [-0.5, 2.0], [0.3, 0.3]])
-    y = jnp.array([1.0, -1.0, 2.0])
-
-    def losses_fn(theta):
-        return (x @ theta - y) ** 2 + 0.1
-
-    def run(h, key):
-        method, tx = make(h)
-        train = yoto_jax.trainer(method, tx)
-
-        def body(state, i):
-            state, log = train.step(state, losses_fn, jax.random.fold_in(key, i))
-            return state, log.weights
-
-        state, weights = jax.lax.scan(body, train.init(jnp.array([0.2, -0.1]), 3), jnp.arange(6))
-        return state.params, weights, train.weights(state)
-
-    key = jax.random.key(3)
-    batched = jax.jit(jax.vmap(run, in_axes=(0, None)))(jnp.asarray(values), key)
-    for i, value in enumerate(values):
-        single = run(value, key)
-        for got, want in zip(jax.tree.leaves(batched), jax.tree.leaves(single)):
-            np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
-    model = batched[0]["model"]
-    assert not np.allclose(model[0], model[1])  # the hyperparameter changed the run
 
 
 # Equal weights ------------------------------------------------------------------------

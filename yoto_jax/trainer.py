@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from yoto_jax import _checks
@@ -31,10 +32,36 @@ class TrainerState(NamedTuple):
 
 
 class StepLog(NamedTuple):
-    """What one step reports: the (T,) losses before the step and the weights applied."""
+    """What one step reports.
+
+    Attributes:
+      losses: the (T,) losses before the step.
+      weights: the (T,) weights applied at the step.
+      skipped: with ``trainer(..., skip_nonfinite=True)``, a bool scalar: whether the
+        step was skipped (its losses, weights or gradients were not finite); None
+        otherwise.
+    """
 
     losses: jax.Array
     weights: jax.Array
+    skipped: jax.Array | None = None
+
+
+class NonfiniteSkipState(NamedTuple):
+    """``TrainerState.opt_state`` with ``trainer(..., skip_nonfinite=True)``.
+
+    The field names are those of ``optax.apply_if_finite``'s state.
+
+    Attributes:
+      inner_state: the optimizer's state, as without the guard.
+      notfinite_count: the number of consecutive skipped steps, int32 (0 after a
+        step that was applied).
+      total_notfinite: the number of skipped steps since ``init``, int32.
+    """
+
+    inner_state: optax.OptState
+    notfinite_count: jax.Array
+    total_notfinite: jax.Array
 
 
 class Trainer(NamedTuple):
@@ -43,7 +70,17 @@ class Trainer(NamedTuple):
     Attributes:
       init: ``init(model_params, num_losses) -> TrainerState``.
       step: ``step(state, losses_fn, key=None) -> (TrainerState, StepLog)``.
-      weights: ``weights(state) -> (T,)``, the current weights.
+      weights: ``weights(state) -> (T,)``, the weighting's ``weights(params, state)``
+        for the state's params and weighting state. For methods whose weights are a
+        function of their params and state (fixed and equal weights, YOTO,
+        uncertainty weighting, DWA, GradNorm, IMTL, and the gradient-combination
+        methods, which report ones) these are the weights the next step applies,
+        ``log.weights``. The others depend on the next step's batch or key, so no
+        function of the state can give them: Auto-λ's and Nash-MTL's are those the
+        last step applied (the next step updates them first); FAMO's are
+        z = softmax(ξ), and a step applies :math:`z_i / l_i` normalised to sum to 1
+        with that step's losses l; RLW's are the expectation 1/T of the weights a
+        step draws from its key (``log.weights`` is the draw).
     """
 
     init: Callable[[Params, int], TrainerState]
@@ -51,7 +88,19 @@ class Trainer(NamedTuple):
     weights: Callable[[TrainerState], jax.Array]
 
 
-def trainer(weighting: Weighting, tx: optax.GradientTransformation) -> Trainer:
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every floating entry of ``tree`` is finite (a bool scalar; True if none)."""
+    checks = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def trainer(
+    weighting: Weighting, tx: optax.GradientTransformation, *, skip_nonfinite: bool = False
+) -> Trainer:
     r"""One multi-loss training step for any :class:`~yoto_jax.Weighting`.
 
     A step takes ``losses_fn(model_params) -> (T,)``, the losses on this step's batch
@@ -68,9 +117,26 @@ def trainer(weighting: Weighting, tx: optax.GradientTransformation) -> Trainer:
     build the weighting inside the vmapped function from traced hyperparameters), or
     shard the state with ``jax.jit``'s shardings.
 
+    **Non-finite steps.** With ``skip_nonfinite=True`` a step whose losses, weights,
+    gradients (the model's and the weighting's) or new weighting state hold a NaN or
+    an inf is skipped as a whole: the returned state is the input state, bitwise
+    (model params, the weighting's params and state, the optimizer's state), but for
+    the counters of :class:`NonfiniteSkipState`, which replaces ``opt_state`` and
+    holds the optimizer's state as ``inner_state``; ``log.skipped`` says which steps
+    were skipped. ``optax.apply_if_finite`` around ``tx`` cannot do this: it sees
+    only the gradients, so the state a weighting updates itself (FAMO's logits,
+    Auto-λ's λ, DWA's and GradNorm's loss statistics) takes the NaN, and after its
+    ``max_consecutive_errors`` it applies the update anyway; around ``tx`` alone
+    (not ``weighting.optimizer(tx)``) it leaves YOTO's µ unguarded. There is no limit
+    here: a run that only sees bad batches stops moving, so watch
+    ``total_notfinite``. Values the optimizer makes non-finite from finite gradients
+    (an infinite learning rate) are not detected. Under ``jax.vmap`` each member
+    skips its own steps.
+
     Args:
       weighting: the loss-weighting method.
       tx: the model's optimizer.
+      skip_nonfinite: skip the steps that would write a non-finite value (above).
 
     Returns:
       A :class:`Trainer` of ``init``, ``step`` and ``weights``.
@@ -94,11 +160,16 @@ def trainer(weighting: Weighting, tx: optax.GradientTransformation) -> Trainer:
         num_losses = _checks.positive_int(num_losses, "num_losses")
         weighting_params, weighting_state = weighting.init(num_losses)
         params = {MODEL: model_params, WEIGHTING: weighting_params}
-        return TrainerState(params, full_tx.init(params), weighting_state)
+        opt_state = full_tx.init(params)
+        if skip_nonfinite:
+            zero = jnp.zeros([], jnp.int32)
+            opt_state = NonfiniteSkipState(opt_state, zero, zero)
+        return TrainerState(params, opt_state, weighting_state)
 
-    def step(
-        state: TrainerState, losses_fn: LossesFn, key: jax.Array | None = None
-    ) -> tuple[TrainerState, StepLog]:
+    def applied_step(
+        state: TrainerState, losses_fn: LossesFn, key: jax.Array | None
+    ) -> tuple[TrainerState, StepLog, jax.Array]:
+        """The step, unguarded, and whether everything it computed is finite."""
         params = state.params
         result = weighting.step(
             losses_fn, params[MODEL], params[WEIGHTING], state.weighting_state, key=key
@@ -107,9 +178,24 @@ def trainer(weighting: Weighting, tx: optax.GradientTransformation) -> Trainer:
         updates, opt_state = full_tx.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
         weighting_state = weighting.after_update(losses_fn, params[MODEL], result)
-        return TrainerState(params, opt_state, weighting_state), StepLog(
-            result.losses, result.weights
-        )
+        finite = _all_finite((result.losses, result.weights, grads, weighting_state))
+        log = StepLog(result.losses, result.weights)
+        return TrainerState(params, opt_state, weighting_state), log, finite
+
+    def step(
+        state: TrainerState, losses_fn: LossesFn, key: jax.Array | None = None
+    ) -> tuple[TrainerState, StepLog]:
+        if not skip_nonfinite:
+            new_state, log, _ = applied_step(state, losses_fn, key)
+            return new_state, log
+        guard = state.opt_state
+        before = state._replace(opt_state=guard.inner_state)
+        new_state, log, finite = applied_step(before, losses_fn, key)
+        kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, before)
+        count = jnp.where(finite, 0, guard.notfinite_count + 1).astype(jnp.int32)
+        total = guard.total_notfinite + (~finite).astype(jnp.int32)
+        kept = kept._replace(opt_state=NonfiniteSkipState(kept.opt_state, count, total))
+        return kept, log._replace(skipped=~finite)
 
     def weights(state: TrainerState) -> jax.Array:
         return weighting.weights(state.params[WEIGHTING], state.weighting_state)
