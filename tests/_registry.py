@@ -131,13 +131,14 @@ def step(
     index: Any,
     dtype: Any = None,
 ) -> tuple[Any, tuple[jax.Array, jax.Array, yoto_jax.StepLog]]:
-    """Step ``index`` on the batch ``x, y``, ``bad`` (0, NaN or inf) added to the second
-    loss, with the key ``fold_in(key(0), index)``; returns the new state and the weights
+    """Step ``index`` on the batch ``x, y``, ``bad`` (0, NaN or inf) added to the first
+    example's second target (so the second loss and its gradients are not finite), with
+    the key ``fold_in(key(0), index)``; returns the new state, the weights
     ``Trainer.weights`` gives before and after it, and the step's log."""
+    y = jnp.asarray(y).at[0, 1].add(bad)
 
     def losses_fn(params):
-        values = losses(params, x, y, dtype)
-        return values.at[1].add(jnp.asarray(bad, values.dtype))
+        return losses(params, x, y, dtype)
 
     before = train.weights(state)
     state, log = train.step(state, losses_fn, jax.random.fold_in(jax.random.key(0), index))
@@ -156,7 +157,7 @@ class Run(NamedTuple):
 
 def run(name: str, h: Any, x: jax.Array, y: jax.Array, bad: jax.Array) -> Run:
     """Trains ``trainer(name, T, h)`` from ``model_init`` on the batches ``x, y`` (one per
-    step, leading axis), ``bad[i]`` added to the second loss of step i. Traceable in
+    step, leading axis), ``bad[i]`` added to a second target of step i (see :func:`step`). Traceable in
     ``h``, the data and ``bad``."""
     num_losses = y.shape[-1]
     train = trainer(name, num_losses, h)
@@ -194,7 +195,7 @@ def compile_fast(fn: Callable[..., Any], *args: Any) -> Callable[..., Any]:
 
 
 def poison(num_steps: int) -> np.ndarray:
-    """The bad batches of the tests: a NaN loss at step 0 and an inf at step 5."""
+    """The bad batches of the tests: a NaN target at step 0 and an inf at step 5."""
     out = np.zeros(num_steps, np.float32)
     out[0], out[BAD_STEP] = np.nan, np.inf
     return out

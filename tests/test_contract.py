@@ -1,15 +1,17 @@
 """One contract for every method: each of the sixteen weightings (tests/_registry.py)
 through the same properties, on one toy problem.
 
-Per method, one jitted program (two configurations vmapped, 50 steps, a NaN loss at step
-0 and an inf at step 5, ``trainer(..., skip_nonfinite=True)``) is compiled once and
-checked for: training reduces the primary loss; the bad steps are skipped atomically and
-training goes on; ``Trainer.weights`` is what ``yoto_jax.Trainer``'s docstring says; a
-step taken eagerly by one configuration alone equals the run's. Without compiling: init
-and weights shapes for T in {1, 3, 5} and the state structure kept by a step
+Per method, one jitted program (two configurations vmapped, 50 steps,
+``trainer(..., skip_nonfinite=True)``, a NaN target at step 0 and an inf at step 5, so
+that a loss and its gradients are not finite) is compiled once and checked for:
+training reduces the primary loss; the bad steps are skipped atomically and training
+goes on; ``Trainer.weights`` is what ``yoto_jax.Trainer``'s docstring says; a step taken
+eagerly by one configuration alone equals the run's. Without compiling: init and
+weights shapes for T in {1, 3, 5} and the state structure kept by a step
 (``jax.eval_shape``); a step on bfloat16 losses (eager). All methods' states round-trip
 through one orbax checkpoint, and one subprocess runs every method on 8 simulated
-devices, compared with the runs here.
+devices, compared with the runs here. Without ``skip_nonfinite``,
+``optax.apply_if_finite`` lets the NaN into FAMO's, Auto-λ's and YOTO's weights.
 """
 
 import functools
@@ -24,6 +26,7 @@ import _registry as R
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from _toy import assert_trees_equal
@@ -121,6 +124,26 @@ def test_training_reduces_the_primary_loss_and_skips_the_bad_steps(name):
             for leaf in jax.tree.leaves(member(states, -1))
             if leaf.dtype.kind == "f"
         )
+
+
+UNGUARDED = {  # what optax.apply_if_finite around the model's optimizer leaves to a NaN
+    "famo": lambda state: state.weighting_state.logits,
+    "auto_lambda": lambda state: state.weighting_state.weights,
+    "yoto": lambda state: state.params["weighting"][yoto_jax.MU_KEY],
+}
+
+
+@pytest.mark.parametrize("name", list(UNGUARDED))
+def test_apply_if_finite_alone_lets_a_nan_into_the_weighting(name):
+    """The reason for ``skip_nonfinite``: FAMO's logits and Auto-λ's λ are updated
+    outside the optimizer, and YOTO's µ by its own Adam around the guarded ``tx``."""
+    tx = optax.apply_if_finite(optax.adam(R.LEARNING_RATE), max_consecutive_errors=5)
+    train = yoto_jax.trainer(R.make(name), tx)
+    first = train.init(R.model_init(), R.NUM_LOSSES)
+    x, y = R.batches(1)
+    state, _ = R.step(train, first, x[0], y[0], np.nan, 0)
+    assert_trees_equal(state.params["model"], first.params["model"])  # this, it guards
+    assert np.isnan(UNGUARDED[name](state)).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
