@@ -127,23 +127,27 @@ def test_training_reduces_the_primary_loss_and_skips_the_bad_steps(name):
 
 
 UNGUARDED = {  # what optax.apply_if_finite around the model's optimizer leaves to a NaN
-    "famo": lambda state: state.weighting_state.logits,
-    "auto_lambda": lambda state: state.weighting_state.weights,
-    "yoto": lambda state: state.params["weighting"][yoto_jax.MU_KEY],
+    "famo": (lambda: R.make("famo"), lambda state: state.weighting_state.logits),
+    "auto_lambda": (lambda: R.make("auto_lambda"), lambda state: state.weighting_state.weights),
+    "yoto": (
+        lambda: yoto_jax.yoto(mu_learning_rate=0.05),  # µ on its own Adam
+        lambda state: state.params["weighting"][yoto_jax.MU_KEY],
+    ),
 }
 
 
 @pytest.mark.parametrize("name", list(UNGUARDED))
 def test_apply_if_finite_alone_lets_a_nan_into_the_weighting(name):
     """The reason for ``skip_nonfinite``: FAMO's logits and Auto-λ's λ are updated
-    outside the optimizer, and YOTO's µ by its own Adam around the guarded ``tx``."""
+    outside the optimizer, and YOTO's µ, on its own Adam, around the guarded ``tx``."""
+    make, weights = UNGUARDED[name]
     tx = optax.apply_if_finite(optax.adam(R.LEARNING_RATE), max_consecutive_errors=5)
-    train = yoto_jax.trainer(R.make(name), tx)
+    train = yoto_jax.trainer(make(), tx)
     first = train.init(R.model_init(), R.NUM_LOSSES)
     x, y = R.batches(1)
     state, _ = R.step(train, first, x[0], y[0], np.nan, 0)
     assert_trees_equal(state.params["model"], first.params["model"])  # this, it guards
-    assert np.isnan(UNGUARDED[name](state)).all()
+    assert np.isnan(weights(state)).all()
 
 
 @pytest.mark.parametrize("name", NAMES)

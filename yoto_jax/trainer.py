@@ -127,7 +127,8 @@ def trainer(
     only the gradients, so the state a weighting updates itself (FAMO's logits,
     Auto-λ's λ, DWA's and GradNorm's loss statistics) takes the NaN, and after its
     ``max_consecutive_errors`` it applies the update anyway; around ``tx`` alone
-    (not ``weighting.optimizer(tx)``) it leaves YOTO's µ unguarded. There is no limit
+    (not ``weighting.optimizer(tx)``) it leaves YOTO's µ unguarded when µ has its own
+    optimizer. There is no limit
     here: a run that only sees bad batches stops moving, so watch
     ``total_notfinite``. Values the optimizer makes non-finite from finite gradients
     (an infinite learning rate) are not detected. Under ``jax.vmap`` each member
