@@ -36,7 +36,7 @@ def check_trained(mu_trajectory, primary_losses):
 class TwoHeads(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.body = nnx.Linear(4, 2, rngs=rngs)
-        self.loss_weights = LossWeights("primary", ["auxiliary"], eps=EPS)
+        self.loss_weights = LossWeights("primary", ["auxiliary"], eps=EPS, primary_floor="uniform")
 
     def losses(self, x, primary, auxiliary):
         out = self.body(x)
@@ -68,7 +68,7 @@ def test_nnx_loop_trains_model_and_mu_with_one_optimizer():
         mus.append(np.array(model.loss_weights.mu))
     check_trained(mus, primary_losses)
     weights = model.loss_weights.weights()
-    # the module's default floor: the primary weighs at least 1/(K+1) = 1/2
+    # the floor "uniform": the primary weighs at least 1/(K+1) = 1/2
     assert model.loss_weights.primary_floor == 0.5
     np.testing.assert_allclose(
         [weights["primary"], weights["auxiliary"]],
@@ -118,9 +118,10 @@ class LinenTwoHeads(nn.Module):
             "primary": jnp.mean((out[:, 0] - primary) ** 2),
             "auxiliary": jnp.mean((out[:, 1] - auxiliary) ** 2),
         }
-        return LinenLossWeights("primary", ("auxiliary",), eps=EPS, name="loss_weights")(
-            losses
-        ), losses
+        weights = LinenLossWeights(
+            "primary", ("auxiliary",), eps=EPS, primary_floor="uniform", name="loss_weights"
+        )
+        return weights(losses), losses
 
 
 def test_linen_train_state_loop_trains_model_and_mu():
@@ -146,7 +147,7 @@ def test_linen_train_state_loop_trains_model_and_mu():
         primary_losses.append(float(losses["primary"]))
         mus.append(np.array(state.params["loss_weights"]["yoto_mu"]))
     check_trained(mus, primary_losses)
-    weights = LinenLossWeights("primary", ("auxiliary",)).apply(
+    weights = LinenLossWeights("primary", ("auxiliary",), primary_floor="uniform").apply(
         {"params": state.params["loss_weights"]}, method=LinenLossWeights.weights
     )
     np.testing.assert_allclose(
@@ -293,11 +294,12 @@ def test_nnx_train_step_rejects_a_foreign_loss_weights_bad_losses_and_non_yoto_c
 
 class WithRegulariser(nnx.Module):
     """TwoHeads plus a third loss that stays near 5 whatever the model does (a
-    regulariser's loss that is large by construction), with the default LossWeights."""
+    regulariser's loss that is large by construction), with LossWeights' defaults but
+    ε = 0.1 (from uniform weights the alarm would take longer to fire)."""
 
     def __init__(self):
         self.body = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
-        self.loss_weights = LossWeights("primary", ["auxiliary", "consistency"])
+        self.loss_weights = LossWeights("primary", ["auxiliary", "consistency"], eps=0.1)
 
     def losses(self, x, primary, auxiliary):
         losses = TwoHeads.losses(self, x, primary, auxiliary)
@@ -307,11 +309,12 @@ class WithRegulariser(nnx.Module):
 STEPS, SUSTAIN = 70, 20
 
 
-def test_nnx_report_switches_off_a_large_auxiliary_with_the_defaults():
-    """The default LossWeights turns the third loss down: its free weight s_2 falls below
-    0.05/3 and, ``sustain`` (here 20) reports later, ``switched_off`` names it; the reports chain
-    through ``previous`` inside ``nnx.jit``. The report after ``train_step`` holds the
-    updated weights (those of the next step), ``train_step`` the weights it applied."""
+def test_nnx_report_switches_off_a_large_auxiliary():
+    """LossWeights (ε = 0.1) turns the third loss down: its free weight s_2 falls below
+    0.05/3 and, ``sustain`` (here 20) reports later, ``switched_off`` names it; the
+    reports chain through ``previous`` inside ``nnx.jit``. The report after
+    ``train_step`` holds the updated weights (those of the next step), ``train_step``
+    the weights it applied."""
     model = WithRegulariser()
     optimizer = nnx.Optimizer(model, model.loss_weights.optimizer(optax.adam(0.05)), wrt=nnx.Param)
     batch = two_target_data()
@@ -323,7 +326,8 @@ def test_nnx_report_switches_off_a_large_auxiliary_with_the_defaults():
         )
         return weights, model.loss_weights.report(losses, previous=report, sustain=SUSTAIN)
 
-    report, mus = None, []
+    # the first report from a small program, so the step compiles once (None: twice)
+    report, mus = nnx.jit(lambda m: m.loss_weights.report(m.losses(*batch)))(model), []
     for _ in range(STEPS - 1):
         weights, report = step(model, optimizer, report)
         mus.append(np.asarray(model.loss_weights.mu))
