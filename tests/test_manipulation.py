@@ -12,7 +12,7 @@ from _per_loss import assert_every_dot_is_highest
 
 import yoto_jax
 from yoto_jax import baselines as bl
-from yoto_jax.baselines import manipulation
+from yoto_jax.baselines import _simplex, manipulation
 
 
 def summed(per_loss):
@@ -270,9 +270,9 @@ def test_the_simplex_solver_takes_at_most_iterations_steps_and_stops_at_converge
     expected = min_norm_reference(grads)
     with jax.enable_x64(True):
         gram = jnp.asarray(grads @ grads.T)
-        start = np.asarray(manipulation._best_pair(gram))
-        capped = manipulation._min_norm_solve(gram, 10)
-        solution = manipulation._min_norm_solve(gram, 250)
+        start = np.asarray(_simplex.best_pair(gram))
+        capped = _simplex.min_norm_solve(gram, 10)
+        solution = _simplex.min_norm_solve(gram, 250)
         weights = bl.min_norm_weights(gram, iterations=10)
     assert int(capped.steps) == int(capped.trips) == 10
     np.testing.assert_allclose(capped.alpha, min_norm_fista(grads @ grads.T, start, 10), atol=1e-12)
@@ -298,7 +298,7 @@ def test_the_simplex_solvers_stop_after_few_trips_at_full_accuracy(
     at rounding level, they stop: about 20 to 30 trips for T = 3 (250 to 253 before),
     50 to 80 for T = 8, and MGDA stays within float32 precision of the exact point."""
     c = 0.4
-    min_norm_solve = jax.jit(manipulation._min_norm_solve, static_argnums=1)
+    min_norm_solve = jax.jit(_simplex.min_norm_solve, static_argnums=1)
     cagrad_solve = jax.jit(manipulation._cagrad_solve, static_argnums=2)
     for _ in range(3):
         grads = rng.normal(size=(num_tasks, 1000))
@@ -664,3 +664,35 @@ def test_the_weightings_train_under_the_trainer(factory, rng):
     assert log.losses.shape == (3,) and jnp.all(log.weights == 1.0)
     np.testing.assert_array_equal(train.weights(state), np.ones(3))
     assert float(jnp.sum(losses_fn(state.params["model"]))) < float(jnp.sum(first))
+
+
+def test_a_callable_shared_mask_is_given_the_params_tree_by_every_method(rng):
+    """``shared=callable`` sees a tree shaped like the model's params, in GradNorm as in
+    MGDA: a mask on ``leaf.ndim`` selects the same leaves in both (GradNorm once gave it
+    the per-loss gradients, whose leading T axis moved every leaf's ndim)."""
+    x = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(3, 6)), jnp.float32)
+    params = {
+        "trunk": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+        "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32),
+        "heads": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+    }
+
+    def losses_fn(params):
+        hidden = jnp.tanh(x @ params["trunk"] + params["bias"])
+        return jnp.mean((params["heads"] @ hidden.T - y) ** 2, axis=1)
+
+    def vectors(tree):  # the bias, the only vector among the params
+        return jax.tree.map(lambda leaf: leaf.ndim == 1, tree)
+
+    def step(weighting):
+        result = weighting.step(losses_fn, params, *weighting.init(3))
+        return result.model_grads, result.grads
+
+    bias = {"trunk": False, "bias": True, "heads": False}
+    for factory in (bl.gradnorm, bl.mgda):
+        jax.tree.map(np.testing.assert_array_equal, step(factory(vectors)), step(factory(bias)))
+    # The mask matters: GradNorm's logits move otherwise on the trunk's norms.
+    on_bias = step(bl.gradnorm(bias))[1]["gradnorm_logits"]
+    on_trunk = step(bl.gradnorm({"trunk": True, "bias": False, "heads": False}))[1]
+    assert not np.allclose(on_trunk["gradnorm_logits"], on_bias)

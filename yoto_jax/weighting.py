@@ -42,10 +42,11 @@ use :func:`relative_weights`: :math:`λ_i / λ_0`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.typing import ArrayLike
 
@@ -87,8 +88,31 @@ class StepFn(Protocol):
     ) -> WeightingStep: ...
 
 
-class Weighting(NamedTuple):
+def keep_state(losses_fn: LossesFn, new_model_params: Params, result: WeightingStep) -> Any:
+    """The ``after_update`` of methods that need none: the state ``step`` returned."""
+    del losses_fn, new_model_params
+    return result.state
+
+
+def same_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The ``optimizer`` of methods whose params (if any) train with the model's ``tx``."""
+    return tx
+
+
+class _WeightingFields(NamedTuple):
+    init: Callable[[int], tuple[dict[str, jax.Array], Any]]
+    step: StepFn
+    after_update: Callable[[LossesFn, Params, WeightingStep], Any]
+    weights: Callable[[dict[str, jax.Array], Any], jax.Array]
+    optimizer: Callable[[optax.GradientTransformation], optax.GradientTransformation]
+
+
+class Weighting(_WeightingFields):
     """A loss-weighting method as pure, jittable functions (see the module docstring).
+
+    A NamedTuple of five functions, in this order; ``after_update`` defaults to
+    :func:`keep_state` and ``optimizer`` to :func:`same_optimizer`, so a method that
+    needs neither is ``Weighting(init, step, weights=weights)``.
 
     Attributes:
       init: ``init(num_losses) -> (params, state)``: the learnable params (a dict of
@@ -100,10 +124,11 @@ class Weighting(NamedTuple):
       after_update: ``after_update(losses_fn, new_model_params, result) -> state``,
         called after the optimizer step with the updated model (FAMO looks at the
         losses after the step on the same batch); most methods return
-        ``result.state``.
+        ``result.state`` (:func:`keep_state`, the default).
       weights: ``weights(params, state) -> (T,)``: the current weights, for logging.
       optimizer: ``optimizer(tx) -> tx'``: the optimizer over the tree
-        ``{"model": ..., "weighting": params}``, built from the model's ``tx``.
+        ``{"model": ..., "weighting": params}``, built from the model's ``tx``
+        (default: ``tx`` itself, :func:`same_optimizer`).
 
     Example:
       >>> import jax.numpy as jnp, yoto_jax
@@ -115,22 +140,21 @@ class Weighting(NamedTuple):
       (Array([0.25, 0.25], dtype=float32), Array([0.5, 0.5], dtype=float32))
     """
 
-    init: Callable[[int], tuple[dict[str, jax.Array], Any]]
-    step: StepFn
-    after_update: Callable[[LossesFn, Params, WeightingStep], Any]
-    weights: Callable[[dict[str, jax.Array], Any], jax.Array]
-    optimizer: Callable[[optax.GradientTransformation], optax.GradientTransformation]
+    __slots__ = ()
 
-
-def keep_state(losses_fn: LossesFn, new_model_params: Params, result: WeightingStep) -> Any:
-    """The ``after_update`` of methods that need none: the state ``step`` returned."""
-    del losses_fn, new_model_params
-    return result.state
-
-
-def same_optimizer(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """The ``optimizer`` of methods whose params (if any) train with the model's ``tx``."""
-    return tx
+    def __new__(
+        cls,
+        init: Callable[[int], tuple[dict[str, jax.Array], Any]],
+        step: StepFn,
+        after_update: Callable[[LossesFn, Params, WeightingStep], Any] = keep_state,
+        weights: Callable[[dict[str, jax.Array], Any], jax.Array] | None = None,
+        optimizer: Callable[
+            [optax.GradientTransformation], optax.GradientTransformation
+        ] = same_optimizer,
+    ) -> Self:
+        if weights is None:
+            raise TypeError("Weighting needs weights(params, state), the current (T,) weights.")
+        return super().__new__(cls, init, step, after_update, weights, optimizer)
 
 
 def weighted_loss(weights: ArrayLike, losses: ArrayLike) -> jax.Array:
@@ -222,7 +246,7 @@ def fixed_weights(weights: ArrayLike) -> Weighting:
     grid's rows).
 
     Args:
-      weights: w, shape (T,), primary first.
+      weights: w, shape (T,), primary first: finite and >= 0 (checked when concrete).
 
     Returns:
       A :class:`Weighting` with no params and no state.
@@ -239,6 +263,10 @@ def fixed_weights(weights: ArrayLike) -> Weighting:
     weights = _checks.floating_array(weights, "weights")
     if weights.ndim != 1:
         raise ValueError(f"weights must have shape (T,), one per loss, got {weights.shape}.")
+    if not isinstance(weights, jax.core.Tracer):
+        values = np.asarray(weights)
+        if not np.all(np.isfinite(values) & (values >= 0)):
+            raise ValueError(f"weights must hold finite numbers >= 0, got {values.tolist()}.")
 
     def init(num_losses: int) -> tuple[dict[str, jax.Array], Any]:
         num_losses = _checks.positive_int(num_losses, "num_losses")

@@ -17,8 +17,14 @@ any of them, and YOTO, with the same training step::
   (log-variances; the objective is :func:`uncertainty_loss`) and :func:`gradnorm`
   (logits learnt on :func:`gradnorm_balance_loss` over the shared parameters; the
   first losses in :class:`GradNormState`).
-* Gradient manipulation from the per-loss gradients: :func:`pcgrad`, :func:`mgda`
-  and :func:`cagrad`, also available as Optax transformations
+* With weights learnt by a lookahead on a validation loss: :func:`auto_lambda`
+  (Auto-λ, its weights and their optimizer in :class:`AutoLambdaState`).
+* Gradient manipulation from the per-loss gradients of the shared parameters:
+  :func:`pcgrad`, :func:`mgda` (its solver :func:`min_norm_weights`), :func:`cagrad`,
+  :func:`aligned_mtl` (:func:`aligned_mtl_weights`), :func:`upgrad`
+  (:func:`upgrad_weights`), :func:`imtl` (IMTL-G's :func:`imtl_g_weights`, IMTL-L's
+  :func:`imtl_scaled_losses`, or both) and :func:`nash_mtl` (:func:`nash_mtl_weights`,
+  its α in :class:`NashMTLState`), also available as Optax transformations
   (``pcgrad_transformation`` etc.) whose ``update`` takes the per-loss gradients as
   the extra argument ``per_loss_grads=``.
 

@@ -19,8 +19,14 @@ import numpy as np
 import optax
 from jax.typing import ArrayLike
 
-from yoto_jax import _checks
-from yoto_jax.baselines.manipulation import _dot, _gram, _manipulation, _manipulation_weighting
+from yoto_jax.baselines._gradients import (
+    checked_gram,
+    dot,
+    gram_transformation,
+    manipulation_weighting,
+    task_vector,
+    task_vector_for,
+)
 from yoto_jax.weighting import Weighting
 
 SCALE_MODES = ("min", "median", "rmse")
@@ -30,30 +36,9 @@ the root-mean-square singular value of G (the reference's ``scale_mode``)."""
 _EPS = float(np.finfo(np.float32).eps)  # the reference's torch.finfo().eps, whatever the dtype
 
 
-def _task_vector(values: ArrayLike | None, name: str) -> jax.Array | None:
-    """``values`` as a floating vector (checked for finiteness when concrete), or None."""
-    if values is None:
-        return None
-    values = _checks.floating_array(values, name)
-    if values.ndim != 1 or values.shape[0] < 1:
-        raise ValueError(
-            f"{name} must be a vector of shape (T,), one per loss, got {values.shape}."
-        )
-    if not isinstance(values, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(values))):
-        raise ValueError(f"{name} must be finite, got {values}.")
-    return values
-
-
-def _task_vector_for(values: jax.Array | None, num_losses: int, default: float, name: str, dtype):
-    """``values`` (or ``default`` everywhere) for T = ``num_losses`` losses, checked at trace time."""
-    if values is None:
-        return jnp.full((num_losses,), default, dtype)
-    if values.shape[0] != num_losses:
-        raise ValueError(
-            f"{name} has {values.shape[0]} entries but the per-loss gradients have T = "
-            f"{num_losses}: give one per loss, primary first."
-        )
-    return values.astype(dtype)
+def _check_scale_mode(scale_mode: str) -> None:
+    if scale_mode not in SCALE_MODES:
+        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}.")
 
 
 def aligned_mtl_weights(
@@ -95,15 +80,11 @@ def aligned_mtl_weights(
       Multi-Task Learning", CVPR 2023, Alg. 1; https://github.com/SamsungLabs/MTL
       (``ProcrustesSolver``).
     """
-    if scale_mode not in SCALE_MODES:
-        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}.")
-    gram = _checks.floating_array(gram, "gram")
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"gram must be a square (T, T) matrix, got shape {gram.shape}.")
-    gram = gram.astype(_checks.compute_dtype(gram))
+    _check_scale_mode(scale_mode)
+    gram = checked_gram(gram)
     num_losses = gram.shape[0]
-    weights = _task_vector_for(
-        _task_vector(task_weights, "task_weights"), num_losses, 1.0, "task_weights", gram.dtype
+    weights = task_vector_for(
+        task_vector(task_weights, "task_weights"), num_losses, 1.0, "task_weights", gram.dtype
     )
     eigenvalues, eigenvectors = jnp.linalg.eigh(gram)  # ascending
     keep = eigenvalues > jnp.max(eigenvalues) * num_losses * _EPS  # a suffix: the top R
@@ -116,7 +97,7 @@ def aligned_mtl_weights(
         squared_scale = jnp.sum(jnp.where(keep, eigenvalues, 0.0)) / jnp.maximum(rank, 1)
     inverse_roots = jnp.where(keep, jax.lax.rsqrt(jnp.where(keep, eigenvalues, 1.0)), 0.0)
     scale = jnp.sqrt(jnp.where(rank > 0, squared_scale, 1.0))
-    aligned = scale * _dot(eigenvectors, inverse_roots * _dot(weights, eigenvectors))  # B w
+    aligned = scale * dot(eigenvectors, inverse_roots * dot(weights, eigenvectors))  # B w
     return jnp.where(rank > 0, aligned, weights)
 
 
@@ -160,10 +141,8 @@ def aligned_mtl_transformation(
         mean square), the reference's options.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose
-      ``update(updates, state, params=None, *, per_loss_grads)`` maps the summed
-      loss's gradient ``updates`` and the per-loss gradients (leading axis T) to an
-      update of the params' shapes.
+      An ``optax.GradientTransformationExtraArgs`` with the ``update`` of
+      :func:`~yoto_jax.baselines.pcgrad_transformation`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -179,15 +158,13 @@ def aligned_mtl_transformation(
       Multi-Task Learning", CVPR 2023, Alg. 1; https://github.com/SamsungLabs/MTL;
       LibMTL's ``Aligned_MTL``; TorchJD's ``AlignedMTL``.
     """
-    if scale_mode not in SCALE_MODES:
-        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}.")
-    task_weights = _task_vector(task_weights, "task_weights")
-
-    def combine(grads: jax.Array, state: optax.EmptyState):
-        weights = _task_vector_for(task_weights, grads.shape[0], 1.0, "task_weights", grads.dtype)
-        return _dot(aligned_mtl_weights(_gram(grads), weights, scale_mode), grads), state
-
-    return _manipulation("aligned_mtl_transformation", shared, optax.EmptyState, combine)
+    _check_scale_mode(scale_mode)
+    task_weights = task_vector(task_weights, "task_weights")
+    return gram_transformation(
+        "aligned_mtl_transformation",
+        shared,
+        lambda matrix: aligned_mtl_weights(matrix, task_weights, scale_mode),
+    )
 
 
 def aligned_mtl(
@@ -225,5 +202,4 @@ def aligned_mtl(
       Senushkin et al., "Independent Component Alignment for Multi-Task Learning",
       CVPR 2023.
     """
-    transformation = aligned_mtl_transformation(shared, task_weights, scale_mode)
-    return _manipulation_weighting(transformation, lambda key: optax.EmptyState())
+    return manipulation_weighting(aligned_mtl_transformation(shared, task_weights, scale_mode))

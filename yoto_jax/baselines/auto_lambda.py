@@ -12,14 +12,11 @@ import optax
 
 from yoto_jax import _checks
 from yoto_jax.weighting import (
-    LossesFn,
     Params,
     Weighting,
     WeightingStep,
-    keep_state,
     loss_vector,
     require_key,
-    same_optimizer,
 )
 
 DEFAULT_AUTO_LAMBDA_INIT = 0.1
@@ -241,14 +238,7 @@ def auto_lambda(
     def weights(params: dict[str, jax.Array], state: AutoLambdaState) -> jax.Array:
         return state.weights
 
-    def step(
-        losses_fn: LossesFn,
-        model_params: Params,
-        params: dict[str, jax.Array],
-        state: AutoLambdaState,
-        *,
-        key: jax.Array | None = None,
-    ) -> WeightingStep:
+    def step(losses_fn, model_params, params, state: AutoLambdaState, *, key=None) -> WeightingStep:
         num_losses = state.weights.shape[0]
         if val_takes_key:
             key = require_key(key, "Auto-λ with val_takes_key=True")
@@ -293,4 +283,4 @@ def auto_lambda(
         )
         return WeightingStep(jax.lax.stop_gradient(raw_losses), lam, model_grads, {}, new_state)
 
-    return Weighting(init, step, keep_state, weights, same_optimizer)
+    return Weighting(init, step, weights=weights)

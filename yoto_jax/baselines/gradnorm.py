@@ -12,15 +12,8 @@ from jax.typing import ArrayLike
 
 from yoto_jax import _checks
 from yoto_jax.baselines._common import selected_leaves
-from yoto_jax.weighting import (
-    LossesFn,
-    Params,
-    Weighting,
-    WeightingStep,
-    keep_state,
-    loss_vector,
-    same_optimizer,
-)
+from yoto_jax.baselines._gradients import losses_vjp, per_loss_gradients
+from yoto_jax.weighting import Weighting, WeightingStep, loss_vector
 
 DEFAULT_GRADNORM_ALPHA = 1.5
 """The restoring-force strength α of the reference."""
@@ -105,12 +98,12 @@ def gradnorm_balance_loss(
     return jnp.sum(jnp.abs(norms - target))
 
 
-def _shared_grad_norms(per_loss_grads: Any, shared: Any, num_losses: int) -> jax.Array:
-    """‖∇_W l_i‖ for each i from per-loss gradients with a leading axis of size T."""
-    leaves = jax.tree.leaves(per_loss_grads)
+def _shared_grad_norms(per_loss_grads: Any, flags: list[bool], num_losses: int) -> jax.Array:
+    """‖∇_W l_i‖ for each i from per-loss gradients with a leading axis of size T, over
+    the leaves that ``flags`` selects."""
     squared = [
         jnp.sum(jnp.square(g).reshape(num_losses, -1), axis=1)
-        for g, selected in zip(leaves, selected_leaves(shared, per_loss_grads))
+        for g, selected in zip(jax.tree.leaves(per_loss_grads), flags)
         if selected
     ]
     return jnp.sqrt(sum(squared))
@@ -154,7 +147,8 @@ def gradnorm(
     Args:
       shared: which model parameters are W: a tree of bools with the structure of
         the model's params (or a prefix of it), or a callable returning one from a
-        tree of that structure (it is given the per-loss gradients); True selects.
+        tree of that structure (it is given the model's params, as in every other
+        method); True selects.
         The bools must be concrete Python bools.
       alpha: α >= 0 (1.5 in the reference; may be traced).
 
@@ -196,23 +190,16 @@ def gradnorm(
     def weights(params: dict[str, jax.Array], state: GradNormState) -> jax.Array:
         return _weights(params[GRADNORM_KEY])
 
-    def step(
-        losses_fn: LossesFn,
-        model_params: Params,
-        params: dict[str, jax.Array],
-        state: GradNormState,
-        *,
-        key: jax.Array | None = None,
-    ) -> WeightingStep:
-        del key
-        raw_losses, vjp_fn = jax.vjp(losses_fn, model_params)
+    def step(losses_fn, model_params, params, state: GradNormState, *, key=None) -> WeightingStep:
         num_losses = state.initial_losses.shape[0]
-        losses = jax.lax.stop_gradient(loss_vector(raw_losses, num_losses))
+        losses, vjp_fn = losses_vjp(losses_fn, model_params, num_losses)
         logits = loss_vector(params[GRADNORM_KEY], num_losses, what="logits")
         applied = jax.lax.stop_gradient(_weights(logits))
-        (model_grads,) = vjp_fn(applied.astype(raw_losses.dtype))
-        (per_loss_grads,) = jax.vmap(vjp_fn)(jnp.eye(num_losses, dtype=raw_losses.dtype))
-        grad_norms = _shared_grad_norms(per_loss_grads, shared, num_losses)
+        (model_grads,) = vjp_fn(applied.astype(losses.dtype))
+        per_loss_grads = per_loss_gradients(vjp_fn, losses)
+        losses = jax.lax.stop_gradient(losses)
+        flags = selected_leaves(shared, model_params)
+        grad_norms = _shared_grad_norms(per_loss_grads, flags, num_losses)
         initial_losses = jnp.where(
             state.count == 0, losses.astype(state.initial_losses.dtype), state.initial_losses
         )
@@ -224,4 +211,4 @@ def gradnorm(
         )
         return WeightingStep(losses, applied, model_grads, {GRADNORM_KEY: logit_grad}, new_state)
 
-    return Weighting(init, step, keep_state, weights, same_optimizer)
+    return Weighting(init, step, weights=weights)

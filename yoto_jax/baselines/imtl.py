@@ -27,17 +27,14 @@ import optax
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines.manipulation import _dot, _gram, _manipulation, _manipulation_weighting
-from yoto_jax.weighting import (
-    LossesFn,
-    Params,
-    Weighting,
-    WeightingStep,
-    keep_state,
-    loss_vector,
-    objective_weighting,
-    same_optimizer,
+from yoto_jax.baselines._gradients import (
+    checked_gram,
+    dot,
+    gram_transformation,
+    manipulated_gradients,
+    manipulation_weighting,
 )
+from yoto_jax.weighting import Weighting, WeightingStep, loss_vector, objective_weighting
 
 IMTL_KEY = "imtl_log_scale"
 """The name of IMTL-L's log-scales s in the weighting's params."""
@@ -99,10 +96,7 @@ def imtl_g_weights(gram: ArrayLike) -> jax.Array:
       Learning", ICLR 2021, Alg. 1; Quinton and Rey, "Jacobian Descent for
       Multi-Objective Optimization", 2024 (TorchJD's ``IMTLG``).
     """
-    gram = _checks.floating_array(gram, "gram")
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"gram must be a square (T, T) matrix, got shape {gram.shape}.")
-    gram = gram.astype(_checks.compute_dtype(gram))
+    gram = checked_gram(gram)
     num_losses = gram.shape[0]
     eps = jnp.finfo(gram.dtype).eps
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
@@ -115,9 +109,9 @@ def imtl_g_weights(gram: ArrayLike) -> jax.Array:
     eigenvalues, eigenvectors = jnp.linalg.eigh(cosines)
     keep = jnp.abs(eigenvalues) > num_losses * eps * jnp.max(jnp.abs(eigenvalues))
     inverse = jnp.where(keep, 1.0 / jnp.where(keep, eigenvalues, 1.0), 0.0)
-    coordinates = _dot(ones, eigenvectors)  # Vᵀ1
-    v = inverse_norms * _dot(eigenvectors, inverse * coordinates)  # N⁻¹C⁺1 = M⁺n
-    outside = _dot(eigenvectors, jnp.where(keep, 0.0, coordinates))  # 1 minus its part in range(C)
+    coordinates = dot(ones, eigenvectors)  # Vᵀ1
+    v = inverse_norms * dot(eigenvectors, inverse * coordinates)  # N⁻¹C⁺1 = M⁺n
+    outside = dot(eigenvectors, jnp.where(keep, 0.0, coordinates))  # 1 minus its part in range(C)
     unbalanced = jnp.linalg.norm(outside) > jnp.sqrt(eps) * jnp.linalg.norm(ones)
     total = jnp.sum(v)
     vanishing = jnp.abs(total) <= num_losses * eps * jnp.sum(jnp.abs(v))
@@ -150,10 +144,8 @@ def imtl_transformation(shared: Any) -> optax.GradientTransformationExtraArgs:
         a callable returning one from a tree with the params' structure.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose
-      ``update(updates, state, params=None, *, per_loss_grads)`` maps the summed
-      loss's gradient ``updates`` and the per-loss gradients (leading axis T) to an
-      update of the params' shapes.
+      An ``optax.GradientTransformationExtraArgs`` with the ``update`` of
+      :func:`~yoto_jax.baselines.pcgrad_transformation`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -168,11 +160,7 @@ def imtl_transformation(shared: Any) -> optax.GradientTransformationExtraArgs:
       Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, Sec. 3.2 and
       Alg. 1; LibMTL's ``IMTL``.
     """
-
-    def combine(grads: jax.Array, state: optax.EmptyState):
-        return _dot(imtl_g_weights(_gram(grads)), grads), state
-
-    return _manipulation("imtl_transformation", shared, optax.EmptyState, combine)
+    return gram_transformation("imtl_transformation", shared, imtl_g_weights)
 
 
 def imtl_scaled_losses(log_scales: ArrayLike, losses: ArrayLike) -> jax.Array:
@@ -275,7 +263,7 @@ def imtl(shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0) -> W
             f"mode={mode!r}; only mode='loss' goes without."
         )
     if mode == "gradient":
-        return _manipulation_weighting(imtl_transformation(shared), lambda key: optax.EmptyState())
+        return manipulation_weighting(imtl_transformation(shared))
 
     def init(num_losses: int) -> tuple[dict[str, jax.Array], tuple]:
         num_losses = _checks.positive_int(num_losses, "num_losses")
@@ -296,32 +284,20 @@ def imtl(shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0) -> W
 
     transformation = imtl_transformation(shared)
 
-    def step(
-        losses_fn: LossesFn,
-        model_params: Params,
-        params: dict[str, jax.Array],
-        state: tuple,
-        *,
-        key: jax.Array | None = None,
-    ) -> WeightingStep:
-        del key
+    def step(losses_fn, model_params, params, state: tuple, *, key=None) -> WeightingStep:
         log_scales = loss_vector(params[IMTL_KEY], what="log_scales")
-        num_losses = log_scales.shape[0]
         fixed_scales = jax.lax.stop_gradient(log_scales)
-
-        def scaled(model_params: Params) -> tuple[jax.Array, jax.Array]:
-            losses = loss_vector(losses_fn(model_params), num_losses)
-            return imtl_scaled_losses(fixed_scales, losses), losses
-
-        per_loss_grads, losses = jax.jacrev(scaled, has_aux=True)(model_params)
-        updates = jax.tree.map(lambda g: jnp.sum(g, 0), per_loss_grads)
-        model_grads, _ = transformation.update(
-            updates, optax.EmptyState(), model_params, per_loss_grads=per_loss_grads
+        losses, model_grads = manipulated_gradients(
+            transformation,
+            optax.EmptyState(),
+            losses_fn,
+            model_params,
+            log_scales.shape[0],
+            lambda losses: imtl_scaled_losses(fixed_scales, losses),
         )
-        losses = jax.lax.stop_gradient(losses)
         scale_grads = jax.grad(lambda s: jnp.sum(imtl_scaled_losses(s, losses)))(log_scales)
         return WeightingStep(
             losses, weights(params, state), model_grads, {IMTL_KEY: scale_grads}, state
         )
 
-    return Weighting(init, step, keep_state, weights, same_optimizer)
+    return Weighting(init, step, weights=weights)

@@ -10,16 +10,17 @@ import optax
 
 from yoto_jax import _checks
 from yoto_jax.baselines._common import selected_leaves
-from yoto_jax.baselines.manipulation import _dot, _gram, _per_loss_leaves
-from yoto_jax.weighting import (
-    LossesFn,
-    Params,
-    Weighting,
-    WeightingStep,
-    keep_state,
-    loss_vector,
-    same_optimizer,
+from yoto_jax.baselines._gradients import (
+    checked_gram,
+    dot,
+    gram,
+    losses_vjp,
+    per_loss_gradients,
+    per_loss_leaves,
+    require_shared,
+    shared_matrix,
 )
+from yoto_jax.weighting import Weighting, WeightingStep
 
 DEFAULT_NASH_MTL_ITERATIONS = 20
 """The most Newton iterations of the solver per update (the reference's ``optim_niter``)."""
@@ -51,16 +52,16 @@ def _solve(gram: jax.Array, iterations: int) -> tuple[jax.Array, jax.Array]:
     scale = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), tiny))
     corr = gram / scale[:, None] / scale[None, :]
     ones = jnp.ones((num_losses,), dtype)
-    start = ones * jnp.sqrt(num_losses / jnp.maximum(_dot(ones, _dot(corr, ones)), tiny))
+    start = ones * jnp.sqrt(num_losses / jnp.maximum(dot(ones, dot(corr, ones)), tiny))
     # Stop once the Newton decrement is at rounding level: later steps would only jitter.
     stop = (16 * jnp.finfo(dtype).eps) ** 2 * num_losses
 
     def newton(carry: tuple[jax.Array, jax.Array, jax.Array]):
         beta, k, _ = carry
-        grad = _dot(corr, beta) - 1.0 / beta
+        grad = dot(corr, beta) - 1.0 / beta
         hessian = corr + jnp.diag(1.0 / beta**2)
         direction = jnp.linalg.solve(hessian, grad)
-        decrement = _dot(grad, direction)  # λ², the squared Newton decrement
+        decrement = dot(grad, direction)  # λ², the squared Newton decrement
         # The damped step (Nesterov): its Hessian norm is λ/(1+λ) < 1, so β stays > 0.
         beta = beta - direction / (1.0 + jnp.sqrt(jnp.maximum(decrement, 0.0)))
         return beta, k + 1, decrement
@@ -72,7 +73,7 @@ def _solve(gram: jax.Array, iterations: int) -> tuple[jax.Array, jax.Array]:
     beta, _, _ = jax.lax.while_loop(
         more, newton, (start, jnp.zeros([], jnp.int32), jnp.full((), jnp.inf, dtype))
     )
-    residual = jnp.max(jnp.abs(beta * _dot(corr, beta) - 1.0))
+    residual = jnp.max(jnp.abs(beta * dot(corr, beta) - 1.0))
     converged = jnp.all(jnp.isfinite(beta)) & jnp.all(beta > 0) & (residual <= _TOLERANCE)
     return beta / scale, converged
 
@@ -144,10 +145,7 @@ def nash_mtl_weights(
       https://github.com/AvivNavon/nash-mtl (``methods/weight_methods.py``).
     """
     _checks.positive_int(iterations, "iterations")
-    gram = _checks.floating_array(gram, "gram")
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 1:
-        raise ValueError(f"gram must be a square (T, T) matrix, got shape {gram.shape}.")
-    gram = gram.astype(_checks.compute_dtype(gram))
+    gram = checked_gram(gram)
     num_losses = gram.shape[0]
     if fallback is None:
         fallback = jnp.ones((num_losses,), gram.dtype)
@@ -158,19 +156,12 @@ def nash_mtl_weights(
     return jnp.where(converged, alpha, fallback.astype(gram.dtype))
 
 
-def _shared_matrix(per_loss: list[jax.Array], flags: list[bool], num_losses: int) -> jax.Array:
-    """The (T, n) matrix of the shared leaves' per-loss gradients, float32 or wider."""
-    shared = [grads for grads, flag in zip(per_loss, flags) if flag]
-    dtype = _checks.compute_dtype(*shared)
-    return jnp.concatenate([g.reshape(num_losses, -1).astype(dtype) for g in shared], axis=1)
-
-
 def _weigh(alpha: jax.Array, per_loss: list[jax.Array]) -> list[jax.Array]:
     """Σ_i α_i g_i for every leaf, at full precision, in the leaf's dtype."""
     out = []
     for grads in per_loss:
         dtype = _checks.compute_dtype(grads)
-        combined = _dot(alpha.astype(dtype), grads.astype(dtype).reshape(grads.shape[0], -1))
+        combined = dot(alpha.astype(dtype), grads.astype(dtype).reshape(grads.shape[0], -1))
         out.append(combined.reshape(grads.shape[1:]).astype(grads.dtype))
     return out
 
@@ -193,7 +184,7 @@ def _next_alpha(
     per_loss: list[jax.Array], flags: list[bool], previous: jax.Array, iterations: int
 ) -> jax.Array:
     """The new α from the per-loss gradients, or ``previous`` where the solver failed."""
-    alpha, converged = _solve(_gram(_shared_matrix(per_loss, flags, previous.shape[0])), iterations)
+    alpha, converged = _solve(gram(shared_matrix(per_loss, flags)), iterations)
     return jnp.where(converged, alpha.astype(previous.dtype), previous)
 
 
@@ -260,8 +251,7 @@ def nash_mtl_transformation(
       Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022;
       https://github.com/AvivNavon/nash-mtl.
     """
-    if shared is None:
-        raise TypeError("shared must select the shared parameters (a bool tree or a callable).")
+    require_shared(shared)
     num_losses = _checks.positive_int(num_losses, "num_losses")
     _check_hyperparameters(update_weights_every, optim_niter, max_norm)
 
@@ -269,16 +259,9 @@ def nash_mtl_transformation(
         del params
         return _init_state(num_losses)
 
-    def update_fn(
-        updates: optax.Updates,
-        state: NashMTLState,
-        params: optax.Params | None = None,
-        *,
-        per_loss_grads: Any = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, NashMTLState]:
+    def update_fn(updates, state: NashMTLState, params=None, *, per_loss_grads=None, **extra_args):
         del params, extra_args
-        leaves, per_loss, treedef = _per_loss_leaves(
+        leaves, per_loss, treedef = per_loss_leaves(
             "nash_mtl_transformation", updates, per_loss_grads
         )
         if per_loss[0].shape[0] != num_losses:
@@ -369,8 +352,7 @@ def nash_mtl(
       Learning as a Bargaining Game", ICML 2022; https://github.com/AvivNavon/nash-mtl;
       LibMTL's ``Nash_MTL``.
     """
-    if shared is None:
-        raise TypeError("shared must select the shared parameters (a bool tree or a callable).")
+    require_shared(shared)
     _check_hyperparameters(update_weights_every, optim_niter, max_norm)
 
     def init(num_losses: int) -> tuple[dict[str, jax.Array], NashMTLState]:
@@ -379,27 +361,14 @@ def nash_mtl(
     def weights(params: dict[str, jax.Array], state: NashMTLState) -> jax.Array:
         return state.alpha
 
-    def step(
-        losses_fn: LossesFn,
-        model_params: Params,
-        params: dict[str, jax.Array],
-        state: NashMTLState,
-        *,
-        key: jax.Array | None = None,
-    ) -> WeightingStep:
-        del key
+    def step(losses_fn, model_params, params, state: NashMTLState, *, key=None) -> WeightingStep:
         num_losses = state.alpha.shape[0]
-
-        def checked_losses(model_params: Params) -> jax.Array:
-            return loss_vector(losses_fn(model_params), num_losses)
-
-        losses, vjp_fn = jax.vjp(checked_losses, model_params)
+        losses, vjp_fn = losses_vjp(losses_fn, model_params, num_losses)
         treedef = jax.tree.structure(model_params)
         flags = selected_leaves(shared, model_params)
 
         def solve(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-            (per_loss_grads,) = jax.vmap(vjp_fn)(jnp.eye(num_losses, dtype=losses.dtype))
-            per_loss = jax.tree.leaves(per_loss_grads)
+            per_loss = jax.tree.leaves(per_loss_gradients(vjp_fn, losses))
             alpha = _next_alpha(per_loss, flags, previous, optim_niter)
             return alpha, _weigh(alpha, per_loss)
 
@@ -417,4 +386,4 @@ def nash_mtl(
         new_state = NashMTLState(alpha=alpha, count=optax.safe_increment(state.count))
         return WeightingStep(jax.lax.stop_gradient(losses), alpha, model_grads, {}, new_state)
 
-    return Weighting(init, step, keep_state, weights, same_optimizer)
+    return Weighting(init, step, weights=weights)

@@ -21,8 +21,14 @@ import optax
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
-from yoto_jax.baselines.aligned_mtl import _task_vector, _task_vector_for
-from yoto_jax.baselines.manipulation import _dot, _gram, _manipulation, _manipulation_weighting
+from yoto_jax.baselines._gradients import (
+    checked_gram,
+    dot,
+    gram_transformation,
+    manipulation_weighting,
+    task_vector,
+    task_vector_for,
+)
 from yoto_jax.weighting import Weighting
 
 DEFAULT_NORM_EPS = 1e-4
@@ -83,7 +89,7 @@ def _nonnegative_qp(a: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     def body(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         x, free, inner, iteration, _ = carry
-        descent = -(_dot(a, x) + q)
+        descent = -(dot(a, x) + q)
         tolerance = 16 * size * eps * (scale * jnp.max(jnp.abs(x)) + jnp.max(jnp.abs(q)))
         candidates = ~free & (descent > tolerance)
         finished = ~inner & ~jnp.any(candidates)
@@ -160,13 +166,10 @@ def upgrad_weights(
     """
     _checks.non_negative(norm_eps, "norm_eps")
     _checks.non_negative(reg_eps, "reg_eps")
-    gram = _checks.floating_array(gram, "gram")
-    if gram.ndim != 2 or gram.shape[0] != gram.shape[1]:
-        raise ValueError(f"gram must be a square (T, T) matrix, got shape {gram.shape}.")
-    gram = gram.astype(_checks.compute_dtype(gram))
+    gram = checked_gram(gram)
     num_losses = gram.shape[0]
-    pref = _task_vector_for(
-        _task_vector(pref_vector, "pref_vector"),
+    pref = task_vector_for(
+        task_vector(pref_vector, "pref_vector"),
         num_losses,
         1.0 / num_losses,
         "pref_vector",
@@ -178,7 +181,7 @@ def upgrad_weights(
     a = normalized + reg_eps * jnp.eye(num_losses, dtype=gram.dtype)
 
     def project(lower: jax.Array) -> jax.Array:
-        return lower + _nonnegative_qp(a, _dot(a, lower))[0]
+        return lower + _nonnegative_qp(a, dot(a, lower))[0]
 
     return jnp.sum(jax.vmap(project)(jnp.diag(pref)), axis=0)
 
@@ -223,10 +226,8 @@ def upgrad_transformation(
         linearly independent gradients).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` whose
-      ``update(updates, state, params=None, *, per_loss_grads)`` maps the summed
-      loss's gradient ``updates`` and the per-loss gradients (leading axis T) to an
-      update of the params' shapes.
+      An ``optax.GradientTransformationExtraArgs`` with the ``update`` of
+      :func:`~yoto_jax.baselines.pcgrad_transformation`.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -243,13 +244,12 @@ def upgrad_transformation(
     """
     _checks.non_negative(norm_eps, "norm_eps")
     _checks.non_negative(reg_eps, "reg_eps")
-    pref_vector = _task_vector(pref_vector, "pref_vector")
-
-    def combine(grads: jax.Array, state: optax.EmptyState):
-        weights = upgrad_weights(_gram(grads), pref_vector, norm_eps, reg_eps)
-        return _dot(weights, grads), state
-
-    return _manipulation("upgrad_transformation", shared, optax.EmptyState, combine)
+    pref_vector = task_vector(pref_vector, "pref_vector")
+    return gram_transformation(
+        "upgrad_transformation",
+        shared,
+        lambda matrix: upgrad_weights(matrix, pref_vector, norm_eps, reg_eps),
+    )
 
 
 def upgrad(
@@ -290,5 +290,4 @@ def upgrad(
     References:
       Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024.
     """
-    transformation = upgrad_transformation(shared, pref_vector, norm_eps, reg_eps)
-    return _manipulation_weighting(transformation, lambda key: optax.EmptyState())
+    return manipulation_weighting(upgrad_transformation(shared, pref_vector, norm_eps, reg_eps))
