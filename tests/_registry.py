@@ -96,7 +96,7 @@ REGISTRY: dict[str, Entry] = {
     "cagrad": Entry(lambda t, h: bl.cagrad(SHARED, c=h), (0.4, 0.8)),
     "auto_lambda": Entry(
         lambda t, h: bl.auto_lambda(_val_loss, learning_rate=LEARNING_RATE, meta_learning_rate=h),
-        (0.01, 0.1),
+        (0.01, 0.03),
     ),
     "nash_mtl": Entry(lambda t, h: bl.nash_mtl(SHARED, max_norm=h), (1.0, 0.2)),
     "imtl": Entry(lambda t, h: bl.imtl(SHARED, log_scale_init=h), (0.0, -0.5)),
