@@ -50,6 +50,15 @@ WEIGHTS_LAST_APPLIED = {"auto_lambda", "nash_mtl"}
 are those the next step applies, but for FAMO's and RLW's, tested on their own)."""
 
 
+@pytest.fixture(scope="module", autouse=True)
+def on_the_cpu():
+    """Every computation here on the CPU backend, also on a GPU machine: the 8-device run
+    is on simulated CPU devices, and the tolerances are XLA:CPU's float32 (a GPU
+    multiplies float32 in TF32 by default, and jit and eager may fuse differently)."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        yield
+
+
 def configurations(name):
     """The two configurations of the vmapped run: (h, x, y), the second with h's other
     value (if the method has one) and shifted targets."""
