@@ -22,7 +22,8 @@ class TrainerState(NamedTuple):
     Attributes:
       params: ``{"model": model params, "weighting": the weighting's params}``, the one
         tree the optimizer updates.
-      opt_state: the optimizer's state over ``params``.
+      opt_state: the optimizer's state over ``params`` (with ``skip_nonfinite``, a
+        :class:`NonfiniteSkipState` holding it).
       weighting_state: the weighting's own state.
     """
 
@@ -38,8 +39,8 @@ class StepLog(NamedTuple):
       losses: the (T,) losses before the step.
       weights: the (T,) weights applied at the step.
       skipped: with ``trainer(..., skip_nonfinite=True)``, a bool scalar: whether the
-        step was skipped (its losses, weights or gradients were not finite); None
-        otherwise.
+        step was skipped (its losses, weights, gradients or new weighting state were
+        not finite); None otherwise.
     """
 
     losses: jax.Array
@@ -154,6 +155,12 @@ def trainer(
       ...     state, log = step(state, jax.random.key(i))
       >>> log.losses.shape, log.weights.shape
       ((2,), (2,))
+      >>> guarded = yoto_jax.trainer(yoto_jax.yoto(), optax.adam(1e-2), skip_nonfinite=True)
+      >>> state = guarded.init(jnp.zeros(3), num_losses=2)
+      >>> bad = x.at[0, 0].set(jnp.nan)  # a NaN in the batch: the step is skipped
+      >>> state, log = guarded.step(state, lambda w: losses(w, bad))
+      >>> bool(log.skipped), int(state.opt_state.total_notfinite), state.params["model"]
+      (True, 1, Array([0., 0., 0.], dtype=float32))
     """
     full_tx = weighting.optimizer(tx)
 
