@@ -176,8 +176,8 @@ def trainer(
 
     def applied_step(
         state: TrainerState, losses_fn: LossesFn, key: jax.Array | None
-    ) -> tuple[TrainerState, StepLog, jax.Array]:
-        """The step, unguarded, and whether everything it computed is finite."""
+    ) -> tuple[TrainerState, StepLog, jax.Array | None]:
+        """The step, unguarded, and (with the guard) whether all it computed is finite."""
         params = state.params
         result = weighting.step(
             losses_fn, params[MODEL], params[WEIGHTING], state.weighting_state, key=key
@@ -186,7 +186,8 @@ def trainer(
         updates, opt_state = full_tx.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
         weighting_state = weighting.after_update(losses_fn, params[MODEL], result)
-        finite = _all_finite((result.losses, result.weights, grads, weighting_state))
+        checked = (result.losses, result.weights, grads, weighting_state)
+        finite = _all_finite(checked) if skip_nonfinite else None
         log = StepLog(result.losses, result.weights)
         return TrainerState(params, opt_state, weighting_state), log, finite
 
