@@ -106,12 +106,13 @@ def assert_close(got, want, what=""):
 def test_the_registry_holds_every_method():
     """Every factory of ``yoto_jax.baselines`` (a public function returning a Weighting),
     plus ``yoto`` and ``fixed_weights``, is in the registry, and nothing else."""
-    factories = {
-        name
+    returns = {
+        name: typing.get_type_hints(getattr(bl, name)).get("return")
         for name in bl.__all__
         if inspect.isfunction(getattr(bl, name))
-        and typing.get_type_hints(getattr(bl, name)).get("return") is yoto_jax.Weighting
     }
+    assert None not in returns.values()  # every function says what it returns
+    factories = {name for name, kind in returns.items() if kind is yoto_jax.Weighting}
     assert set(NAMES) == factories | {"yoto", "fixed_weights"}
     assert len(NAMES) == 16
 
