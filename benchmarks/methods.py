@@ -89,8 +89,9 @@ def yoto(config: Config, setting: Setting) -> yoto_jax.Weighting:
     """YOTO with every knob an array of the configuration, so that every variant (the
     library's default, the paper's setting, the studies' and the regime map's points)
     shares one program: ``eps``, ``rho``, µ's own Adam at ``mu_lr + mu_lr_factor`` x the
-    model's schedule, and the primary ``floor``. ``mu_lr = 0, mu_lr_factor = 1`` is µ on
-    the model's Adam (Adam acts elementwise: the same updates as the paper's setting)."""
+    model's schedule, the primary ``floor`` and the ``loss_floor``. ``mu_lr = 0,
+    mu_lr_factor = 1`` is µ on the model's Adam (Adam acts elementwise: the same updates
+    as the paper's setting)."""
 
     def mu_learning_rate(count: jax.Array) -> jax.Array:
         return config["mu_lr"] + config["mu_lr_factor"] * setting.learning_rate(count)
@@ -100,6 +101,7 @@ def yoto(config: Config, setting: Setting) -> yoto_jax.Weighting:
         config["rho"],
         mu_tx=optax.adam(mu_learning_rate),
         primary_floor=config["floor"],
+        loss_floor=config["loss_floor"],
     )
 
 
@@ -110,18 +112,40 @@ def yoto_config(
     *,
     mu_lr: float = yoto_jax.DEFAULT_MU_LEARNING_RATE,
     mu_lr_factor: float = 0.0,
-    floor: float | None = None,
+    floor: float | None = yoto_jax.DEFAULT_PRIMARY_FLOOR,
+    loss_floor: float = yoto_jax.DEFAULT_LOSS_FLOOR,
 ) -> Config:
     """A configuration of `yoto`; the defaults are the library's (``yoto_jax.yoto()``:
-    µ's own Adam at DEFAULT_MU_LEARNING_RATE, the floor 1/(K+1))."""
+    ε = 1, µ's own Adam at 0.05, no primary floor, every weight >= 0.8/T);
+    ``floor=None`` is the primary floor 1/(K+1)."""
     floor = 1.0 / (num_aux + 1) if floor is None else floor
-    values = {"eps": eps, "rho": rho, "mu_lr": mu_lr, "mu_lr_factor": mu_lr_factor}
+    values = {
+        "eps": eps,
+        "rho": rho,
+        "mu_lr": mu_lr,
+        "mu_lr_factor": mu_lr_factor,
+        "loss_floor": loss_floor,
+    }
     return {**{k: jnp.float32(v) for k, v in values.items()}, "floor": jnp.float32(floor)}
 
 
+PREVIOUS_EPS = 0.1
+"""ε of the paper's example and of the library's previous default."""
+
+PREVIOUS_MU_LEARNING_RATE = 0.05
+"""µ's own Adam rate of the library's previous default (and the regime map's reference)."""
+
+
 def yoto_paper_config(num_aux: int) -> Config:
-    """The paper's setting: µ on the model's Adam, no floor."""
-    return yoto_config(num_aux, mu_lr=0.0, mu_lr_factor=1.0, floor=0.0)
+    """The paper's setting: µ on the model's Adam from ε = 0.1, no floor."""
+    return yoto_config(num_aux, PREVIOUS_EPS, mu_lr=0.0, mu_lr_factor=1.0, loss_floor=0.0)
+
+
+def yoto_previous_config(num_aux: int) -> Config:
+    """The previous default: µ's own Adam at 0.05 from ε = 0.1, the primary floor 1/(K+1)."""
+    return yoto_config(
+        num_aux, PREVIOUS_EPS, mu_lr=PREVIOUS_MU_LEARNING_RATE, floor=None, loss_floor=0.0
+    )
 
 
 def single_config(make: Callable[[int], Config]) -> ConfigsFn:
@@ -178,14 +202,21 @@ METHODS: dict[str, Method] = _table(
         "yoto",
         yoto,
         single_config(yoto_config),
-        "one YOTO run, library defaults (ε = DEFAULT_EPS, ρ = DEFAULT_RHO, "
-        "µ on its own Adam at DEFAULT_MU_LEARNING_RATE, primary floor 1/(K+1))",
+        "one YOTO run, library defaults (ε = 1, ρ = DEFAULT_RHO, µ's own Adam at 0.05, "
+        "every weight >= 0.8/T; chosen on the task suite)",
     ),
     Method(
         "yoto_paper",
         yoto,
         single_config(yoto_paper_config),
-        "one YOTO run as in the paper: µ on the model's Adam, no floor (the earlier default)",
+        "one YOTO run as in the paper's example: ε = 0.1, µ on the model's Adam, no floor",
+    ),
+    Method(
+        "yoto_previous",
+        yoto,
+        single_config(yoto_previous_config),
+        "the previous default (2026-11-27): ε = 0.1, µ on its own Adam at 0.05, primary "
+        "floor 1/(K+1)",
     ),
     Method(
         "grid_best",

@@ -36,15 +36,26 @@ import numpy as np
 
 import yoto_jax
 from benchmarks import harness, tasks
-from benchmarks.methods import GRID_VALUES, Config, Method, Setting, grid_configs, yoto, yoto_config
+from benchmarks.methods import (
+    GRID_VALUES,
+    PREVIOUS_EPS,
+    PREVIOUS_MU_LEARNING_RATE,
+    Config,
+    Method,
+    Setting,
+    grid_configs,
+    yoto,
+    yoto_config,
+)
 from benchmarks.methods import fixed as fixed_weighting
 
-REFERENCE_MU_LEARNING_RATE = 0.05
+REFERENCE_MU_LEARNING_RATE = PREVIOUS_MU_LEARNING_RATE
 """The reference YOTO's constant µ learning rate (20 nats over 400 steps). The map was
-measured around it; its ``primary floor`` variant is now the library's default."""
+measured around it, at ε = 0.1; its ``primary floor`` variant was the library's default
+until the task suite chose another."""
 
 MU_LEARNING_RATES = (0.005, 0.0125, 0.05, 0.2)
-EPS_VALUES = (0.01, 1.0)  # besides the reference's DEFAULT_EPS
+EPS_VALUES = (0.01, 1.0)  # besides the reference's PREVIOUS_EPS
 RHO_VALUES = (0.01, 1.0)  # besides the reference's DEFAULT_RHO
 UNIT_SCALES = (0.01, 100.0)  # besides c = 1
 DATA_LEVELS = (("x1", None), ("x8", 8), ("x64", 64), ("fresh", tasks.FRESH))
@@ -73,7 +84,7 @@ class Variant(NamedTuple):
 
     name: str
     factor: str  # the factor it varies: "reference", "budget", "eps", "rho", "units", "floor"
-    eps: float = yoto_jax.DEFAULT_EPS
+    eps: float = PREVIOUS_EPS
     rho: float = yoto_jax.DEFAULT_RHO
     mu_lr: float = REFERENCE_MU_LEARNING_RATE
     paper: bool = False  # µ on the model's Adam instead of its own
@@ -90,6 +101,7 @@ class Variant(NamedTuple):
             mu_lr=0.0 if self.paper else self.mu_lr,
             mu_lr_factor=1.0 if self.paper else 0.0,
             floor=None if self.floor else 0.0,
+            loss_floor=0.0,
         )
         return {**config, "loss_scale": jnp.asarray(loss_scale)}
 

@@ -64,7 +64,13 @@ def points(study: Grid) -> list[Point]:
 def config(point: Point, num_aux: int) -> Config:
     """The YOTO configuration of a study point."""
     return yoto_config(
-        num_aux, point.eps, point.rho, mu_lr=0.0, mu_lr_factor=point.mu_lr_factor, floor=0.0
+        num_aux,
+        point.eps,
+        point.rho,
+        mu_lr=0.0,
+        mu_lr_factor=point.mu_lr_factor,
+        floor=0.0,
+        loss_floor=0.0,
     )
 
 

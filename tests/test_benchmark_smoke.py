@@ -116,19 +116,20 @@ def _setting(schedule: optax.Schedule) -> methods.Setting:
 
 def test_the_benchmarks_yoto_configurations_are_the_librarys_yoto():
     """One weighting function runs every YOTO variant of the benchmark: its default
-    configuration is ``yoto_jax.yoto()`` (µ's own Adam at 0.05, the floor 1/(K+1)), its
-    paper configuration ``yoto_jax.yoto(mu_learning_rate=None, primary_floor=0.0)`` (µ on
-    the model's Adam: the same updates, Adam acting elementwise); the regime map's floor
-    variant is the default and the studies' factor-1 points are the paper's setting."""
+    configuration is ``yoto_jax.yoto()``, its paper configuration
+    ``yoto(0.1, mu_learning_rate=None, loss_floor=0.0)`` (µ on the model's Adam: the same
+    updates, Adam acting elementwise), its previous default ``yoto(0.1,
+    primary_floor="uniform", loss_floor=0.0)``; the regime map's floor variant is that
+    previous default and the studies' factor-1 points at ε = 0.1 are the paper's setting."""
     schedule = optax.cosine_decay_schedule(3e-3, 20)
     setting = _setting(schedule)
     mu = yoto_jax.init_mu(2, 0.1)
+    previous = yoto_jax.yoto(0.1, primary_floor="uniform", loss_floor=0.0)
+    paper = yoto_jax.yoto(0.1, mu_learning_rate=None, loss_floor=0.0)
     pairs = [
         (methods.yoto(yoto_config(2), setting), yoto_jax.yoto()),
-        (
-            methods.yoto(methods.yoto_paper_config(2), setting),
-            yoto_jax.yoto(mu_learning_rate=None, primary_floor=0.0),
-        ),
+        (methods.yoto(methods.yoto_paper_config(2), setting), paper),
+        (methods.yoto(methods.yoto_previous_config(2), setting), previous),
     ]
     params = {yoto_jax.MU_KEY: jnp.array([0.3, -2.0])}
 
@@ -142,16 +143,20 @@ def test_the_benchmarks_yoto_configurations_are_the_librarys_yoto():
             mu,
         )
         np.testing.assert_allclose(got.weights(params, ()), expected.weights(params, ()))
+        assert (
+            got.init(3)[0][yoto_jax.MU_KEY].tolist()
+            == expected.init(3)[0][yoto_jax.MU_KEY].tolist()
+        )
         results = (w.step(losses_fn, jnp.float32(1.5), params, ()) for w in (got, expected))
         for x, y in zip(*(jax.tree.leaves(r) for r in results)):
             np.testing.assert_allclose(x, y, rtol=1e-6)
-    assert float(pairs[0][0].weights(params, ())[0]) >= 1 / 3
+    assert float(pairs[2][0].weights(params, ())[0]) >= 1 / 3
     floor = regimes.FLOOR.config(2)
     assert set(floor) == {*yoto_config(2), "loss_scale"}
-    for name, value in yoto_config(2).items():
+    for name, value in methods.yoto_previous_config(2).items():
         np.testing.assert_array_equal(floor[name], value)
     np.testing.assert_array_equal(floor["loss_scale"], np.ones(3))
-    assert regimes.REFERENCE_MU_LEARNING_RATE == yoto_jax.DEFAULT_MU_LEARNING_RATE
+    assert regimes.REFERENCE_MU_LEARNING_RATE == methods.PREVIOUS_MU_LEARNING_RATE
     study = studies.config(studies.Point(0.1, 0.1, mu_lr_factor=1.0), 2)
     for name, value in methods.yoto_paper_config(2).items():
         np.testing.assert_array_equal(study[name], value)

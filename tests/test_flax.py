@@ -36,7 +36,9 @@ def check_trained(mu_trajectory, primary_losses):
 class TwoHeads(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.body = nnx.Linear(4, 2, rngs=rngs)
-        self.loss_weights = LossWeights("primary", ["auxiliary"], eps=EPS, primary_floor="uniform")
+        self.loss_weights = LossWeights(
+            "primary", ["auxiliary"], eps=EPS, primary_floor="uniform", loss_floor=0.0
+        )
 
     def losses(self, x, primary, auxiliary):
         out = self.body(x)
@@ -119,7 +121,12 @@ class LinenTwoHeads(nn.Module):
             "auxiliary": jnp.mean((out[:, 1] - auxiliary) ** 2),
         }
         weights = LinenLossWeights(
-            "primary", ("auxiliary",), eps=EPS, primary_floor="uniform", name="loss_weights"
+            "primary",
+            ("auxiliary",),
+            eps=EPS,
+            primary_floor="uniform",
+            loss_floor=0.0,
+            name="loss_weights",
         )
         return weights(losses), losses
 
@@ -147,9 +154,9 @@ def test_linen_train_state_loop_trains_model_and_mu():
         primary_losses.append(float(losses["primary"]))
         mus.append(np.array(state.params["loss_weights"]["yoto_mu"]))
     check_trained(mus, primary_losses)
-    weights = LinenLossWeights("primary", ("auxiliary",), primary_floor="uniform").apply(
-        {"params": state.params["loss_weights"]}, method=LinenLossWeights.weights
-    )
+    weights = LinenLossWeights(
+        "primary", ("auxiliary",), primary_floor="uniform", loss_floor=0.0
+    ).apply({"params": state.params["loss_weights"]}, method=LinenLossWeights.weights)
     np.testing.assert_allclose(
         weights["auxiliary"], yoto_jax.loss_weights(mus[-1], primary_floor=0.5)[1], rtol=1e-6
     )
@@ -256,10 +263,12 @@ class _Body:
 
 
 def test_nnx_weights_follow_the_names_order_and_modules_are_attributes():
-    weights = LossWeights("z_primary", ["b", "a"], eps=EPS, primary_floor=0.0)
+    weights = LossWeights("z_primary", ["b", "a"], eps=EPS)
     assert list(weights.weights()) == ["z_primary", "b", "a"] == list(weights.names)
     np.testing.assert_allclose(
-        list(weights.weights().values()), yoto_jax.loss_weights(weights.mu), rtol=1e-6
+        list(weights.weights().values()),
+        yoto_jax.loss_weights(weights.mu, loss_floor=yoto_jax.DEFAULT_LOSS_FLOOR),
+        rtol=1e-6,
     )
     assert yoto_jax.nnx.LossWeights is LossWeights
     assert yoto_jax.linen.LossWeights is LinenLossWeights

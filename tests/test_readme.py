@@ -15,7 +15,11 @@ def test_quickstart_runs_and_moves_the_weights(capsys):
     weights = namespace["model"].loss_weights.weights()
     assert set(weights) == {"depth", "segmentation"}
     assert abs(float(sum(weights.values())) - 1.0) < 1e-6
-    # the module's default floor 1/(K+1) = 1/2: λ'_0 = 1/2 + 1/2 · 1/(1 + ε) at µ = log ε
-    initial = 0.5 + 0.5 / (1 + namespace["yoto_jax"].DEFAULT_EPS)
+    # the defaults at µ = log ε: λ_0 = m/2 + (1 − m)/(1 + ε), m the loss floor
+    yoto_jax = namespace["yoto_jax"]
+    floor = yoto_jax.DEFAULT_LOSS_FLOOR
+    initial = floor / 2 + (1 - floor) / (1 + yoto_jax.DEFAULT_EPS)
     assert abs(float(weights["depth"]) - initial) > 1e-3, "µ must have moved"
+    # and stayed within the loss floor: every weight >= m/T
+    assert min(float(w) for w in weights.values()) >= floor / 2 - 1e-6
     assert "depth" in capsys.readouterr().out

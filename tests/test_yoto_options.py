@@ -4,6 +4,7 @@ its arguments (the options the task suite compares for the default)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import yoto_jax
@@ -65,7 +66,7 @@ def test_normalize_shows_mu_the_losses_over_their_running_mean(normalize):
     composite's at l / c, c the bias-corrected EMA (including this step's losses); the
     model's gradient is the composite's on the raw losses."""
     decay = 0.9
-    weighting = yoto_jax.yoto(primary_floor=0.0, normalize=normalize, normalize_decay=decay)
+    weighting = yoto_jax.yoto(loss_floor=0.0, normalize=normalize, normalize_decay=decay)
     _, state = weighting.init(3)
     ema = np.zeros(3)
     mu = np.array([0.4, -1.1])
@@ -90,7 +91,7 @@ def test_normalize_shows_mu_the_losses_over_their_running_mean(normalize):
 
 def test_normalize_mean_is_rho_relative_to_the_losses_scale():
     """Scaling every loss by c leaves µ's gradient under ``"mean"`` unchanged."""
-    weighting = yoto_jax.yoto(primary_floor=0.0, normalize="mean")
+    weighting = yoto_jax.yoto(loss_floor=0.0, normalize="mean")
     params, state = weighting.init(3)
 
     def grads(scale):
@@ -100,9 +101,27 @@ def test_normalize_mean_is_rho_relative_to_the_losses_scale():
     np.testing.assert_allclose(grads(100.0), grads(1.0), rtol=1e-5)
 
 
-def test_without_options_the_state_stays_empty():
-    params, state = yoto_jax.yoto().init(3)
-    assert state == () and params["yoto_mu"].shape == (2,)
+def test_the_defaults():
+    """ε = 1, no primary floor, every weight >= 0.8/T, µ's own Adam; no state."""
+    weighting = yoto_jax.yoto()
+    params, state = weighting.init(3)
+    assert state == () and params["yoto_mu"].tolist() == [0.0, 0.0]
+    mu = {"yoto_mu": jnp.array([-30.0, 4.0])}
+    free = softmax0(np.array([-30.0, 4.0]))
+    np.testing.assert_allclose(weighting.weights(mu, state), 0.8 / 3 + 0.2 * free, rtol=1e-5)
+    assert isinstance(weighting.optimizer(optax.sgd(0.1)), optax.GradientTransformation)
+    assert (yoto_jax.DEFAULT_EPS, yoto_jax.DEFAULT_LOSS_FLOOR) == (1.0, 0.8)
+    assert (yoto_jax.DEFAULT_PRIMARY_FLOOR, yoto_jax.DEFAULT_MU_LEARNING_RATE) == (0.0, 0.05)
+
+
+def test_loss_floor_of_the_composite_and_the_weights_agree():
+    """``yoto_composite(..., loss_floor=m)`` is Σ λ''_i l_i with ``loss_weights``' λ''."""
+    mu, losses = jnp.array([0.4, -1.1]), jnp.asarray(LOSSES)
+    for floors in ({"loss_floor": 0.8}, {"loss_floor": 0.3, "primary_floor": 0.25}):
+        weights = yoto_jax.loss_weights(mu, **floors)
+        np.testing.assert_allclose(
+            yoto_jax.yoto_composite(mu, losses, **floors), weights @ LOSSES, rtol=1e-6
+        )
 
 
 def test_eps_per_auxiliary():

@@ -105,14 +105,22 @@ def trainer_run(weighting: yoto_jax.Weighting):
 
 
 SCHEDULE = optax.linear_schedule(0.0, 2 * RHO, 10)
+# The hand-written reference has the primary floor only (the loss floor: test_yoto_options)
+OWN_RATE = {"primary_floor": "uniform", "loss_floor": 0.0}  # the previous default's path
+PAPER = {"mu_learning_rate": None, "loss_floor": 0.0}
 
 CASES = {
     # name: (yoto() keyword arguments, the reference's floor, µ's optimizer, ρ)
-    "default": ({}, 1 / 3, optax.adam(yoto_jax.DEFAULT_MU_LEARNING_RATE), RHO),
-    "paper": ({"mu_learning_rate": None, "primary_floor": 0.0}, 0.0, None, RHO),
-    "mu_tx": ({"mu_tx": optax.sgd(0.5), "primary_floor": 0.25}, 0.25, optax.sgd(0.5), RHO),
-    "schedule": ({}, 1 / 3, optax.adam(yoto_jax.DEFAULT_MU_LEARNING_RATE), SCHEDULE),
-    "paper_schedule": ({"mu_learning_rate": None, "primary_floor": 0.0}, 0.0, None, SCHEDULE),
+    "own_rate": (OWN_RATE, 1 / 3, optax.adam(0.05), RHO),
+    "paper": (PAPER, 0.0, None, RHO),
+    "mu_tx": (
+        {"mu_tx": optax.sgd(0.5), "primary_floor": 0.25, "loss_floor": 0.0},
+        0.25,
+        optax.sgd(0.5),
+        RHO,
+    ),
+    "own_rate_schedule": (OWN_RATE, 1 / 3, optax.adam(0.05), SCHEDULE),
+    "paper_schedule": (PAPER, 0.0, None, SCHEDULE),
 }
 
 

@@ -12,6 +12,8 @@ import importlib
 
 from yoto_jax import baselines
 from yoto_jax.composite import DEFAULT_EPS as DEFAULT_EPS
+from yoto_jax.composite import DEFAULT_LOSS_FLOOR as DEFAULT_LOSS_FLOOR
+from yoto_jax.composite import DEFAULT_PRIMARY_FLOOR as DEFAULT_PRIMARY_FLOOR
 from yoto_jax.composite import (
     init_mu,
     loss_weights,

@@ -22,8 +22,17 @@ from jax.typing import ArrayLike, DTypeLike
 
 from yoto_jax import _checks
 
-DEFAULT_EPS = 0.1
-"""Default initial weight of each auxiliary loss relative to the primary (see README)."""
+DEFAULT_EPS = 1.0
+"""Default initial weight of each auxiliary loss relative to the primary: 1, uniform
+weights (chosen on the task suite by leave-one-task-out; see the README's "Defaults")."""
+
+DEFAULT_PRIMARY_FLOOR = 0.0
+"""Default least weight of the primary loss: none (see the README's "Defaults")."""
+
+DEFAULT_LOSS_FLOOR = 0.8
+"""Default floor on every loss: each weight is at least 0.8/T, so the learnt weights
+stay within 20 % of uniform. Chosen on the task suite by the worst case against equal
+weights, at two training lengths (see the README's "Defaults")."""
 
 Logits = jax.Array | Mapping[str, ArrayLike]
 Losses = ArrayLike | Mapping[str, ArrayLike]
@@ -83,22 +92,37 @@ def _floored(weights: jax.Array, primary_floor: Any) -> jax.Array:
     )
 
 
+def _mixed(uniform_part: jax.Array, rest: jax.Array, loss_floor: Any) -> jax.Array:
+    """m u + (1 − m) r: every loss keeps at least m/T of the weight (u: the uniform term)."""
+    _checks.unit_interval(loss_floor, "loss_floor", closed=True)
+    floor = jnp.asarray(loss_floor, rest.dtype)
+    return floor * uniform_part + (1.0 - floor) * rest
+
+
 def loss_weights(
-    mu: Logits, primary: str = "primary", *, primary_floor: ArrayLike = 0.0
+    mu: Logits,
+    primary: str = "primary",
+    *,
+    primary_floor: ArrayLike = 0.0,
+    loss_floor: ArrayLike = 0.0,
 ) -> jax.Array | dict[str, jax.Array]:
-    r"""The loss weights λ = softmax([0, µ]), optionally with a floor on the primary's.
+    r"""The loss weights λ = softmax([0, µ]), optionally with floors.
 
     .. math::
-        λ_0 = \frac{1}{1 + \sum_j e^{µ_j}}, \qquad λ_i = e^{µ_i} λ_0 ;
-        \qquad λ'_i = m\,[i = 0] + (1 - m)\,λ_i .
+        λ_0 = \frac{1}{1 + \sum_j e^{µ_j}}, \quad λ_i = e^{µ_i} λ_0 ;
+        \quad λ'_i = m_0\,[i = 0] + (1 - m_0)\,λ_i ;
+        \quad λ''_i = \frac{m}{T} + (1 - m)\,λ'_i .
 
-    With ``primary_floor`` m > 0 the primary's weight is at least m (the paper's
-    weights are m = 0); :class:`yoto_jax.nnx.LossWeights` uses m = 1/(K+1) by default.
+    With ``primary_floor`` m_0 > 0 the primary's weight is at least m_0; with
+    ``loss_floor`` m > 0 every weight is at least m/T of the T = K+1 losses (m = 1:
+    equal weights). The paper's weights have no floor; :func:`yoto_jax.yoto` and the
+    Flax ``LossWeights`` use ``DEFAULT_LOSS_FLOOR`` = 0.8.
 
     Args:
       mu: auxiliary logits, an array of shape (K,) or a dict of K names to scalars.
       primary: the name under which the primary weight is returned for a dict ``mu``.
-      primary_floor: m in [0, 1).
+      primary_floor: m_0 in [0, 1).
+      loss_floor: m in [0, 1].
 
     Returns:
       An array of shape (K+1,) in float32 or wider, primary first; for a dict
@@ -110,14 +134,20 @@ def loss_weights(
       Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
       >>> loss_weights(jnp.zeros(2), primary_floor=0.5)
       Array([0.6666667 , 0.16666667, 0.16666667], dtype=float32)
+      >>> loss_weights(jnp.array([-2.0]), loss_floor=0.8).round(4)  # each >= 0.8 / 2
+      Array([0.5762, 0.4238], dtype=float32)
     """
     if isinstance(mu, Mapping):
         names, vector = _named_logit_vector(mu)
         if primary in mu:
             raise KeyError(f"primary name {primary!r} is also an auxiliary name in mu.")
-        weights = _floored(jax.nn.softmax(_full_logits(vector)), primary_floor)
-        return dict(zip([primary, *names], weights))
-    return _floored(jax.nn.softmax(_full_logits(_logit_vector(mu))), primary_floor)
+        return dict(zip([primary, *names], _weights(vector, primary_floor, loss_floor)))
+    return _weights(_logit_vector(mu), primary_floor, loss_floor)
+
+
+def _weights(mu: jax.Array, primary_floor: Any, loss_floor: Any) -> jax.Array:
+    floored = _floored(jax.nn.softmax(_full_logits(mu)), primary_floor)
+    return _mixed(jnp.full_like(floored, 1.0 / floored.shape[0]), floored, loss_floor)
 
 
 def _loss_vector(mu: Logits, losses: Losses) -> tuple[jax.Array, jax.Array]:
@@ -139,7 +169,9 @@ def _loss_vector(mu: Logits, losses: Losses) -> tuple[jax.Array, jax.Array]:
     return vector, losses
 
 
-def yoto_composite(mu: Logits, losses: Losses, *, primary_floor: ArrayLike = 0.0) -> jax.Array:
+def yoto_composite(
+    mu: Logits, losses: Losses, *, primary_floor: ArrayLike = 0.0, loss_floor: ArrayLike = 0.0
+) -> jax.Array:
     r"""The YOTO composite loss :math:`L_e = \sum_{i=0}^{K} λ_i l_i`, λ = softmax([0, µ]).
 
     Its gradients are the weighted-sum gradient for the model and, for the logits,
@@ -151,14 +183,18 @@ def yoto_composite(mu: Logits, losses: Losses, *, primary_floor: ArrayLike = 0.0
     is above: the losses compete. Computed in float32 or wider; a NaN or inf loss
     propagates (so ``optax.apply_if_finite`` can skip the step).
 
-    With ``primary_floor`` m the weights are :math:`λ' = m e_0 + (1 - m) λ`
-    (:func:`loss_weights`), and the logits' gradient is scaled by 1 − m.
+    With ``primary_floor`` m_0 the weights are :math:`λ' = m_0 e_0 + (1 - m_0) λ`, and
+    with ``loss_floor`` m they are mixed with uniform weights, :math:`m/T + (1 - m) λ'`
+    (:func:`loss_weights`): the composite is :math:`m \bar l + (1 - m) \sum_i λ'_i l_i`
+    with :math:`\bar l` the mean loss, and the logits' gradient is scaled by
+    (1 − m)(1 − m_0).
 
     Args:
       mu: auxiliary logits, shape (K,), or a dict of K auxiliary names to scalars.
       losses: scalar losses, shape (K+1,) with the primary first, or a dict with the
         names of ``mu`` plus exactly one more key, the primary loss.
-      primary_floor: m in [0, 1): a lower bound on the primary's weight (0: the paper's).
+      primary_floor: m_0 in [0, 1): a lower bound on the primary's weight (0: the paper's).
+      loss_floor: m in [0, 1]: every weight is at least m/T (0: the paper's).
 
     Returns:
       The scalar composite loss.
@@ -180,7 +216,9 @@ def yoto_composite(mu: Logits, losses: Losses, *, primary_floor: ArrayLike = 0.0
     dtype = _checks.compute_dtype(vector, loss_values)
     _checks.unit_interval(primary_floor, "primary_floor")
     floor = jnp.asarray(primary_floor, dtype)
-    return _weighted_sum(vector.astype(dtype), loss_values.astype(dtype), floor)
+    loss_values = loss_values.astype(dtype)
+    composite = _weighted_sum(vector.astype(dtype), loss_values, floor)
+    return _mixed(jnp.mean(loss_values), composite, loss_floor)
 
 
 @jax.custom_jvp
@@ -337,6 +375,7 @@ def named_composite(
     auxiliary: Sequence[str],
     *,
     primary_floor: ArrayLike = 0.0,
+    loss_floor: ArrayLike = 0.0,
 ) -> jax.Array:
     """:func:`yoto_composite` of a dict of losses, for array logits whose names are known.
 
@@ -345,7 +384,8 @@ def named_composite(
       losses: scalar losses named ``primary`` and every name in ``auxiliary``.
       primary: the primary loss's name.
       auxiliary: the K auxiliary names.
-      primary_floor: m in [0, 1), see :func:`loss_weights`.
+      primary_floor: m_0 in [0, 1), see :func:`loss_weights`.
+      loss_floor: m in [0, 1], see :func:`loss_weights`.
 
     Returns:
       The scalar composite loss.
@@ -359,11 +399,16 @@ def named_composite(
     found = _checks.primary_name(named, losses)
     if found != primary:
         raise KeyError(f"losses must hold the primary loss {primary!r}, got {found!r} instead.")
-    return yoto_composite(named, losses, primary_floor=primary_floor)
+    return yoto_composite(named, losses, primary_floor=primary_floor, loss_floor=loss_floor)
 
 
 def named_loss_weights(
-    mu: ArrayLike, primary: str, auxiliary: Sequence[str], *, primary_floor: ArrayLike = 0.0
+    mu: ArrayLike,
+    primary: str,
+    auxiliary: Sequence[str],
+    *,
+    primary_floor: ArrayLike = 0.0,
+    loss_floor: ArrayLike = 0.0,
 ) -> dict[str, jax.Array]:
     """λ by name for array logits, e.g. for logging: ``{primary: λ_0, aux_i: λ_i}``.
 
@@ -372,4 +417,6 @@ def named_loss_weights(
       >>> named_loss_weights(jnp.zeros(1), "depth", ["flip"])
       {'depth': Array(0.5, dtype=float32), 'flip': Array(0.5, dtype=float32)}
     """
-    return loss_weights(_named(mu, auxiliary), primary=primary, primary_floor=primary_floor)
+    return loss_weights(
+        _named(mu, auxiliary), primary=primary, primary_floor=primary_floor, loss_floor=loss_floor
+    )

@@ -71,13 +71,14 @@ def weight_report(
     off_fraction: ArrayLike = DEFAULT_OFF_FRACTION,
     sustain: int = DEFAULT_SUSTAIN,
     primary_floor: ArrayLike | str = 0.0,
+    loss_floor: ArrayLike = 0.0,
 ) -> WeightReport:
     r"""Summarises YOTO's weights and raises two alarms, for logging.
 
     Both alarms read the **free** weights :math:`s = \mathrm{softmax}([0, µ])`, before
     any floor, so they mean the same whatever floors the weights applied have; the
-    ``weights`` field is the applied weights (``primary_floor`` m:
-    :math:`λ = m e_0 + (1 - m) s`).
+    ``weights`` field is the applied weights (``primary_floor`` m_0 and ``loss_floor`` m:
+    :math:`λ = m/T + (1 - m)(m_0 e_0 + (1 - m_0) s)`, :func:`yoto_jax.loss_weights`).
 
     At its equilibrium YOTO weights the losses like :math:`s_i \propto e^{-(1-m) l_i/ρ}`
     (tempered by the regulariser): µ_i's gradient is
@@ -132,9 +133,11 @@ def weight_report(
       off_fraction: φ in (0, 1): the fraction of uniform 1/T below which an auxiliary
         counts as off.
       sustain: N >= 1, the reports in a row below φ/T before ``switched_off``.
-      primary_floor: the floor m of the weights applied (see
-        :func:`yoto_jax.loss_weights`), or ``"uniform"`` (1/T, :func:`yoto_jax.yoto`'s
-        default); it changes ``weights`` and the entropy only.
+      primary_floor: the primary floor m_0 of the weights applied (see
+        :func:`yoto_jax.loss_weights`), or ``"uniform"`` (1/T); it changes ``weights``
+        and the entropy only.
+      loss_floor: the floor m on every weight applied (:func:`yoto_jax.yoto`'s default
+        is 0.8); it changes ``weights`` and the entropy only.
 
     Returns:
       A :class:`WeightReport`.
@@ -160,7 +163,11 @@ def weight_report(
     return build_report(
         vector,
         loss_values,
-        loss_weights(vector, primary_floor=resolve_floor(primary_floor, vector.shape[0])),
+        loss_weights(
+            vector,
+            primary_floor=resolve_floor(primary_floor, vector.shape[0]),
+            loss_floor=loss_floor,
+        ),
         previous=previous,
         primary_threshold=primary_threshold,
         off_fraction=off_fraction,

@@ -12,7 +12,8 @@ from jax.typing import ArrayLike
 from yoto_jax import _checks
 from yoto_jax.composite import (
     DEFAULT_EPS,
-    UNIFORM,
+    DEFAULT_LOSS_FLOOR,
+    DEFAULT_PRIMARY_FLOOR,
     init_mu,
     named_composite,
     named_loss_weights,
@@ -39,8 +40,10 @@ class LossWeights(nn.Module):
       primary: the name of the primary loss.
       auxiliary: the names of the K >= 1 auxiliary losses.
       eps: the initial weight of each auxiliary relative to the primary.
-      primary_floor: the least weight of the primary loss, m in [0, 1);
-        ``"uniform"``, the default, is 1/(K+1); 0 is the paper's formulation.
+      primary_floor: the least weight of the primary loss, m in [0, 1) (0, the default
+        and the paper's formulation), or ``"uniform"`` (1/(K+1)).
+      loss_floor: the least weight of every loss, as a fraction m in [0, 1] of uniform
+        (0.8 by default, see :func:`yoto_jax.yoto`; 0 is the paper's formulation).
 
     Example:
       >>> import jax, yoto_jax
@@ -54,7 +57,8 @@ class LossWeights(nn.Module):
     primary: str
     auxiliary: Sequence[str]
     eps: float = DEFAULT_EPS
-    primary_floor: float | str = UNIFORM
+    primary_floor: float | str = DEFAULT_PRIMARY_FLOOR
+    loss_floor: float = DEFAULT_LOSS_FLOOR
 
     def setup(self):
         check_loss_names(self.primary, self.auxiliary)
@@ -65,13 +69,22 @@ class LossWeights(nn.Module):
     def __call__(self, losses: Mapping[str, ArrayLike]) -> jax.Array:
         """The composite loss Σ λ_i l_i of a dict of scalar losses."""
         return named_composite(
-            self.mu, losses, self.primary, tuple(self.auxiliary), primary_floor=self.floor
+            self.mu,
+            losses,
+            self.primary,
+            tuple(self.auxiliary),
+            primary_floor=self.floor,
+            loss_floor=self.loss_floor,
         )
 
     def weights(self) -> dict[str, jax.Array]:
         """The current λ by loss name, for logging."""
         return named_loss_weights(
-            self.mu, self.primary, tuple(self.auxiliary), primary_floor=self.floor
+            self.mu,
+            self.primary,
+            tuple(self.auxiliary),
+            primary_floor=self.floor,
+            loss_floor=self.loss_floor,
         )
 
     def report(
@@ -88,6 +101,7 @@ class LossWeights(nn.Module):
             ordered_losses(losses, self.primary, tuple(self.auxiliary)),
             previous=previous,
             primary_floor=self.floor,
+            loss_floor=self.loss_floor,
             **options,
         )
 

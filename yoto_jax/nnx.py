@@ -18,7 +18,13 @@ import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
-from yoto_jax.composite import DEFAULT_EPS, UNIFORM, named_composite, resolve_floor
+from yoto_jax.composite import (
+    DEFAULT_EPS,
+    DEFAULT_LOSS_FLOOR,
+    DEFAULT_PRIMARY_FLOOR,
+    named_composite,
+    resolve_floor,
+)
 from yoto_jax.diagnostics import (
     NamedReport,
     WeightReport,
@@ -90,7 +96,8 @@ class LossWeights(nnx.Module):
         *,
         weighting: Weighting | None = None,
         eps: float = DEFAULT_EPS,
-        primary_floor: float | str = UNIFORM,
+        primary_floor: float | str = DEFAULT_PRIMARY_FLOOR,
+        loss_floor: float = DEFAULT_LOSS_FLOOR,
     ):
         """Creates the weighting's params and state for ``(primary, *auxiliary)``.
 
@@ -99,15 +106,20 @@ class LossWeights(nnx.Module):
           auxiliary: the names of the K >= 1 auxiliary losses.
           weighting: the method; None is YOTO with ``eps`` and ``primary_floor``.
           eps: YOTO's initial weight of each auxiliary relative to the primary.
-          primary_floor: YOTO's least weight of the primary loss, m in [0, 1), or
-            ``"uniform"`` (1/(K+1), the default); 0 is the paper's formulation.
+          primary_floor: YOTO's least weight of the primary loss, m in [0, 1) (0, the
+            default and the paper's formulation), or ``"uniform"`` (1/(K+1)).
+          loss_floor: YOTO's least weight of every loss, as a fraction m in [0, 1] of
+            uniform (0.8 by default; 0 is the paper's formulation).
         """
         names = check_loss_names(primary, auxiliary)
         self.primary = primary
         self.auxiliary = tuple(auxiliary)
         self.is_yoto = weighting is None
         self.primary_floor = resolve_floor(primary_floor, len(self.auxiliary))
-        self.weighting = yoto(eps, primary_floor=primary_floor) if weighting is None else weighting
+        self.loss_floor = loss_floor
+        if weighting is None:
+            weighting = yoto(eps, primary_floor=primary_floor, loss_floor=loss_floor)
+        self.weighting = weighting
         params, state = self.weighting.init(len(names))
         for name, value in params.items():
             setattr(self, name, (YotoMu if name == MU_KEY else WeightingParam)(value))
@@ -143,7 +155,12 @@ class LossWeights(nnx.Module):
                 "weighting use yoto_jax.nnx.train_step(model, optimizer, loss_weights, losses_fn)."
             )
         return named_composite(
-            self.mu, losses, self.primary, self.auxiliary, primary_floor=self.primary_floor
+            self.mu,
+            losses,
+            self.primary,
+            self.auxiliary,
+            primary_floor=self.primary_floor,
+            loss_floor=self.loss_floor,
         )
 
     def vector(self, losses: Mapping[str, ArrayLike]) -> jax.Array:

@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--candidates", default=",".join(CANDIDATES))
     parser.add_argument("--seeds", type=int, default=None, help="default: 5 (quick: 2)")
+    parser.add_argument("--steps", type=int, default=None, help="override the budget's steps")
     parser.add_argument("--out", default="results/suite")
     args = parser.parse_args(argv)
     for name in args.tasks.split(","):
@@ -86,6 +88,8 @@ def run_task(name: str, candidates: list[str], seeds: int, budget, stored: dict)
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     budget = QUICK if args.quick else FULL
+    if args.steps is not None:
+        budget = budget._replace(steps=args.steps)
     seeds = args.seeds or (2 if args.quick else 5)
     candidates = args.candidates.split(",")
     out = Path(args.out)
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
 
     summary = report.summarise(raw, described, candidates)
     meta = {
-        "command": "python -m benchmarks.suite " + " ".join(argv or []),
+        "command": " ".join(["python -m benchmarks.suite", *(argv or sys.argv[1:])]),
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpu_count": os.cpu_count(),

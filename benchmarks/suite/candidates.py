@@ -59,6 +59,11 @@ CANDIDATES: dict[str, Candidate] = {
     ),
     "eps1": Candidate(1.0, 0.1, 0.05, None, 0.0, None, "the previous default from ε = 1"),
     "eps1_slow": Candidate(1.0, 0.1, 0.01, 0.0, 0.0, None, "ε = 1, µ's Adam 0.01, no floor"),
+    "eps1_mid": Candidate(1.0, 0.1, 0.02, 0.0, 0.0, None, "ε = 1, µ's Adam 0.02, no floor"),
+    "eps1_slow_rho1": Candidate(1.0, 1.0, 0.01, 0.0, 0.0, None, "ε = 1, µ's Adam 0.01, ρ = 1"),
+    "eps1_slow_floor": Candidate(
+        1.0, 0.1, 0.01, 0.0, 0.25, None, "ε = 1, µ's Adam 0.01, every λ_i >= 0.25/T"
+    ),
     "eps1_paper": Candidate(1.0, 0.1, None, 0.0, 0.0, None, "the paper's from ε = 1"),
     "floor_half": Candidate(1.0, 0.1, 0.05, 0.0, 0.5, None, "ε = 1, every λ_i >= 0.5/T"),
     "floor_half_slow": Candidate(
