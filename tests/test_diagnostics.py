@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import scipy.optimize
 
 import yoto_jax
 
@@ -146,15 +145,19 @@ def expected_off_steps(mu: np.ndarray) -> np.ndarray:
 
 
 def regularizer_equilibrium() -> np.ndarray:
-    """The free weights where R's gradient vanishes for two equal logits (NumPy):
-    λ_i (log λ_i + H) + σ(µ) = 0."""
+    """The free weights where R's gradient vanishes for two equal logits, by bisection in
+    NumPy: λ_i (log λ_i + H) + σ(µ) = 0, negative at µ = -5 and 1/2 at µ = 0."""
 
     def gradient(mu):
         weights = free_weights(np.array([mu, mu]))
         entropy = -np.sum(weights * np.log(weights))
         return weights[1] * (np.log(weights[1]) + entropy) + 1 / (1 + np.exp(-mu))
 
-    return free_weights(np.full(2, scipy.optimize.brentq(gradient, -5.0, 0.0)))
+    low, high = -5.0, 0.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (low, middle) if gradient(middle) > 0 else (middle, high)
+    return free_weights(np.full(2, low))
 
 
 def test_alarms_fire_with_the_default_yoto_and_stay_silent_on_a_healthy_run():
