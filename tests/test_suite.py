@@ -2,13 +2,16 @@
 statistics and the leave-one-task-out choice (against hand computations)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import yoto_jax
 from benchmarks.suite import analysis
 from benchmarks.suite.candidates import CANDIDATES, fixed_rows
 from benchmarks.suite.tasks import TASKS
 from benchmarks.suite.train import QUICK, yoto_config
+from benchmarks.suite.validation import validation_yoto
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -87,3 +90,37 @@ def test_choice_is_worst_case_first_and_leave_one_out_excludes_the_task():
     assert analysis.choose(z, ["a", "b", "c"]) == "steady"  # worst -1 beats worst -3
     assert analysis.choose(z, ["a", "b"]) == "bold"
     assert analysis.leave_one_task_out(z) == {"a": "steady", "b": "steady", "c": "bold"}
+
+
+def test_the_validation_candidates_mu_gradient_is_the_unrolled_validation_loss():
+    """µ's gradient against a central difference of L_val(θ − α Σ λ_j(µ) ∇l_j(θ)) in µ."""
+    target = jnp.array([1.0, -2.0])
+
+    def losses_fn(w):
+        return jnp.stack([jnp.sum((w - target) ** 2), jnp.sum(w**2), jnp.sum(w)])
+
+    def val_loss(w, key):
+        return jnp.sum((w - 0.5 * target) ** 2)
+
+    values = {"eps": 1.0, "rho": 0.1, "mu_learning_rate": 0.05, "primary_floor": 0.0}
+    config = {**{k: jnp.float32(v) for k, v in values.items()}, "loss_floor": jnp.float32(0.3)}
+    weighting = validation_yoto(config, val_loss, 0.1)
+    w0, mu = jnp.array([0.3, 0.2]), jnp.array([0.4, -0.7])
+    result = weighting.step(losses_fn, w0, {yoto_jax.MU_KEY: mu}, ())
+
+    def unrolled(mu):
+        weights = yoto_jax.loss_weights(mu, loss_floor=0.3)
+        w = w0.astype(mu.dtype)
+        return val_loss(w - 0.1 * jax.grad(lambda w: weights @ losses_fn(w))(w), None)
+
+    with jax.enable_x64(True):  # the central difference in float64
+        mu64 = np.asarray(mu, np.float64)
+        numeric = [
+            (unrolled(jnp.asarray(mu64 + 1e-4 * e)) - unrolled(jnp.asarray(mu64 - 1e-4 * e))) / 2e-4
+            for e in np.eye(2)
+        ]
+    np.testing.assert_allclose(result.grads[yoto_jax.MU_KEY], numeric, rtol=1e-4)
+    # the model's gradient is the weighted sum's
+    weights = yoto_jax.loss_weights(mu, loss_floor=0.3)
+    expected = jax.grad(lambda w: weights @ losses_fn(w))(w0)
+    np.testing.assert_allclose(result.model_grads, expected, rtol=1e-5)

@@ -38,7 +38,7 @@ from yoto_jax.search import (
 )
 from yoto_jax.selection import MU_KEY as MU_KEY
 from yoto_jax.selection import is_mu_path, model_mask, mu_labels, mu_mask
-from yoto_jax.trainer import StepLog, Trainer, TrainerState, trainer
+from yoto_jax.trainer import NonfiniteSkipState, StepLog, Trainer, TrainerState, trainer
 from yoto_jax.weighting import Weighting, WeightingStep, fixed_weights, relative_weights
 from yoto_jax.yoto_weighting import yoto
 
@@ -48,6 +48,7 @@ __all__ = [
     "HalvingResult",
     "HyperparameterDecayState",
     "NamedReport",
+    "NonfiniteSkipState",
     "PBTHistory",
     "PBTResult",
     "Rung",

@@ -74,13 +74,13 @@ def run_task(name: str, candidates: list[str], seeds: int, budget, stored: dict)
         fixed = {k: {"weights": v} for k, v in fixed_rows(num_losses).items()}
         rows.update(run_rows(task, fixed_weighting, fixed, seeds, budget))
     missing = [c for c in candidates if c not in rows]
-    for normalize in dict.fromkeys(CANDIDATES[c].normalize for c in missing):
+    for kind in dict.fromkeys((CANDIDATES[c].normalize, CANDIDATES[c].validation) for c in missing):
         group = {
             c: yoto_config(CANDIDATES[c], num_losses, budget)
             for c in missing
-            if CANDIDATES[c].normalize == normalize
+            if (CANDIDATES[c].normalize, CANDIDATES[c].validation) == kind
         }
-        rows.update(run_rows(task, yoto_weighting(normalize), group, seeds, budget))
+        rows.update(run_rows(task, yoto_weighting(*kind), group, seeds, budget))
     stored["task"] = describe(task)
     return stored
 

@@ -50,6 +50,7 @@ class Candidate(NamedTuple):
     loss_floor: float
     normalize: str | None
     description: str
+    validation: bool = False  # µ's gradient from a validation batch, one step ahead
 
 
 CANDIDATES: dict[str, Candidate] = {
@@ -82,6 +83,19 @@ CANDIDATES: dict[str, Candidate] = {
     ),
     "normalized_floor": Candidate(
         1.0, 0.1, 0.05, 0.0, 0.5, "each", "µ sees l_i / its running mean, λ_i >= 0.5/T"
+    ),
+    "validation": Candidate(
+        1.0,
+        0.1,
+        0.05,
+        0.0,
+        0.0,
+        None,
+        "ε = 1, µ descends a validation batch one step ahead",
+        validation=True,
+    ),
+    "validation_floor": Candidate(
+        1.0, 0.1, 0.05, 0.0, 0.8, None, "the same, every λ_i >= 0.8/T", validation=True
     ),
 }
 """The YOTO configurations the suite compares; the library's default is chosen among them."""

@@ -14,6 +14,7 @@ import optax
 import yoto_jax
 from benchmarks.suite.candidates import Candidate
 from benchmarks.suite.tasks import Splits, SuiteTask
+from benchmarks.suite.validation import validation_yoto
 
 
 class Budget(NamedTuple):
@@ -25,17 +26,28 @@ class Budget(NamedTuple):
 FULL = Budget(1500, 64, 1e-3)
 QUICK = Budget(300, 64, 3e-3)
 
-MakeWeighting = Callable[[dict[str, jax.Array]], yoto_jax.Weighting]
+
+class Context(NamedTuple):
+    """What a run offers a weighting besides its configuration."""
+
+    val_loss: Callable[[Any, jax.Array], jax.Array]  # the primary loss on a validation batch
+    learning_rate: float  # the model's
 
 
-def fixed_weighting(config: dict[str, jax.Array]) -> yoto_jax.Weighting:
+MakeWeighting = Callable[[dict[str, jax.Array], Context], yoto_jax.Weighting]
+
+
+def fixed_weighting(config: dict[str, jax.Array], context: Context) -> yoto_jax.Weighting:
     return yoto_jax.fixed_weights(config["weights"])
 
 
-def yoto_weighting(normalize: str | None) -> MakeWeighting:
-    """A YOTO factory over traced hyperparameters (one program per ``normalize``)."""
+def yoto_weighting(normalize: str | None, validation: bool = False) -> MakeWeighting:
+    """A YOTO factory over traced hyperparameters (one program per ``normalize`` and
+    ``validation``)."""
 
-    def make(config: dict[str, jax.Array]) -> yoto_jax.Weighting:
+    def make(config: dict[str, jax.Array], context: Context) -> yoto_jax.Weighting:
+        if validation:
+            return validation_yoto(config, context.val_loss, context.learning_rate)
         return yoto_jax.yoto(
             eps=config["eps"],
             rho=config["rho"],
@@ -71,9 +83,17 @@ def program(task: SuiteTask, make_weighting: MakeWeighting, budget: Budget) -> C
 
     def run_one(config: dict[str, jax.Array], key: jax.Array, data: Splits) -> dict[str, Any]:
         init_key, loop_key = jax.random.split(key)
-        train = yoto_jax.trainer(make_weighting(config), optax.adam(budget.learning_rate))
-        state = train.init(task.init(init_key), num_losses)
         num_train = jax.tree.leaves(data.train)[0].shape[0]
+        num_val = jax.tree.leaves(data.val)[0].shape[0]
+
+        def val_loss(model: Any, key: jax.Array) -> jax.Array:
+            batch_key, loss_key = jax.random.split(key)
+            rows = jax.random.randint(batch_key, (budget.batch_size,), 0, num_val)
+            return task.losses(model, jax.tree.map(lambda x: x[rows], data.val), loss_key)[0]
+
+        context = Context(val_loss, budget.learning_rate)
+        train = yoto_jax.trainer(make_weighting(config, context), optax.adam(budget.learning_rate))
+        state = train.init(task.init(init_key), num_losses)
 
         def step(state, index):
             batch_key, loss_key, method_key = jax.random.split(
