@@ -11,10 +11,11 @@ import numpy as np
 
 from benchmarks.suite import analysis
 from benchmarks.suite.candidates import CANDIDATES
+from yoto_jax.diagnostics import DEFAULT_OFF_FRACTION
 
 REFERENCES = ("equal", "grid_best")
 
-SWITCHED_OFF = 0.05
+SWITCHED_OFF = DEFAULT_OFF_FRACTION
 """An auxiliary whose free weight softmax([0, µ])_i ends below this fraction of uniform
 (0.05/T) counts as switched off (``weight_report``'s default threshold)."""
 
