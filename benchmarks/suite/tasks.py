@@ -201,8 +201,23 @@ def _classifier_metric(head_name: str = "class") -> Callable[[Params, Batch], ja
     return metric
 
 
+def _classification(name, description, loss_names, roles, data, init, losses) -> SuiteTask:
+    """A task scored by the test accuracy of its ``class`` head (higher is better)."""
+    metric = _classifier_metric()
+    return SuiteTask(
+        name, description, loss_names, roles, data, init, losses, metric, "accuracy", True
+    )
+
+
 def _regression_metric(params: Params, split: Batch) -> jax.Array:
     return mse(head(params, "value", features(params, split["x"]))[:, 0], split["y"])
+
+
+def _regression(name, description, loss_names, roles, data, init, losses) -> SuiteTask:
+    """A task scored by the test MSE of its ``value`` head (lower is better)."""
+    return SuiteTask(
+        name, description, loss_names, roles, data, init, losses, _regression_metric, "mse", False
+    )
 
 
 def signal_task(name: str, train: int, consistency_scale: float = 1.0) -> SuiteTask:
@@ -222,7 +237,7 @@ def signal_task(name: str, train: int, consistency_scale: float = 1.0) -> SuiteT
         )
 
     units = "" if consistency_scale == 1.0 else f", consistency ×{consistency_scale:g}"
-    return SuiteTask(
+    return _classification(
         name,
         f"1-D signals, {train} training samples{units}",
         ("classification", "denoising", "consistency"),
@@ -230,9 +245,6 @@ def signal_task(name: str, train: int, consistency_scale: float = 1.0) -> SuiteT
         data,
         mlp_init(SIGNAL_LENGTH, {"class": SIGNAL_CLASSES, "denoise": SIGNAL_LENGTH}),
         losses,
-        _classifier_metric(),
-        "accuracy",
-        True,
     )
 
 
@@ -269,7 +281,7 @@ def digits_task(name: str, auxiliary: str, train: int = 300) -> SuiteTask:
         "redundant": ("redundant", "10 × the primary's cross-entropy on a second head"),
     }
     role, what = roles[auxiliary]
-    return SuiteTask(
+    return _classification(
         name,
         f"digits, {train} training samples; auxiliary: {what}",
         ("classification", auxiliary),
@@ -277,9 +289,6 @@ def digits_task(name: str, auxiliary: str, train: int = 300) -> SuiteTask:
         data,
         mlp_init(64, heads),
         losses,
-        _classifier_metric(),
-        "accuracy",
-        True,
     )
 
 
@@ -303,7 +312,7 @@ def digits_five_task() -> SuiteTask:
             ]
         )
 
-    return SuiteTask(
+    return _classification(
         "digits_five",
         "digits, 300 training samples, T = 5: parity, reconstruction, invariance, noise labels",
         ("classification", "parity", "reconstruction", "invariance", "noise_labels"),
@@ -311,9 +320,6 @@ def digits_five_task() -> SuiteTask:
         data,
         mlp_init(64, {"class": 10, "parity": 2, "reconstruct": 64, "noise": 10}),
         losses,
-        _classifier_metric(),
-        "accuracy",
-        True,
     )
 
 
@@ -333,7 +339,7 @@ def smooth_regression_task() -> SuiteTask:
         moved = head(params, "value", features(params, batch["x"] + step))[:, 0]
         return jnp.stack([mse(prediction, batch["y"]), mse(moved, prediction) / 0.01])
 
-    return SuiteTask(
+    return _regression(
         "smooth_regression",
         "procedural 8-D regression, 150 training samples; auxiliary: smoothness penalty",
         ("regression", "smoothness"),
@@ -341,9 +347,6 @@ def smooth_regression_task() -> SuiteTask:
         data,
         mlp_init(8, {"value": 1}),
         losses,
-        _regression_metric,
-        "mse",
-        False,
     )
 
 
@@ -367,7 +370,7 @@ def diabetes_task() -> SuiteTask:
             ]
         )
 
-    return SuiteTask(
+    return _regression(
         "diabetes_denoise",
         "diabetes (scikit-learn), 150 training samples; auxiliary: denoising reconstruction",
         ("regression", "denoising"),
@@ -375,9 +378,6 @@ def diabetes_task() -> SuiteTask:
         data,
         mlp_init(10, {"value": 1, "reconstruct": 10}),
         losses,
-        _regression_metric,
-        "mse",
-        False,
     )
 
 
@@ -392,7 +392,7 @@ def breast_cancer_task() -> SuiteTask:
         logits = head(params, "class", features(params, batch["x"]))
         return jnp.stack([cross_entropy(logits, batch["y"]), cross_entropy(logits, 1 - batch["y"])])
 
-    return SuiteTask(
+    return _classification(
         "breast_cancer_fight",
         "breast cancer (scikit-learn), 100 training samples; auxiliary: the flipped labels",
         ("classification", "flipped"),
@@ -400,9 +400,6 @@ def breast_cancer_task() -> SuiteTask:
         data,
         mlp_init(30, {"class": 2}),
         losses,
-        _classifier_metric(),
-        "accuracy",
-        True,
     )
 
 
