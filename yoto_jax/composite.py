@@ -150,7 +150,7 @@ def _weights(mu: jax.Array, primary_floor: Any, loss_floor: Any) -> jax.Array:
     return _mixed(jnp.full_like(floored, 1.0 / floored.shape[0]), floored, loss_floor)
 
 
-def _loss_vector(mu: Logits, losses: Losses) -> tuple[jax.Array, jax.Array]:
+def aligned_losses(mu: Logits, losses: Losses) -> tuple[jax.Array, jax.Array]:
     """Aligned (µ of shape (K,), l of shape (K+1,)) for either form."""
     if isinstance(mu, Mapping):
         names, vector = _named_logit_vector(mu)
@@ -212,7 +212,7 @@ def yoto_composite(
     References:
       Sakaridis, "You Only Train Once", arXiv:2506.04349, Eq. (5)-(6).
     """
-    vector, loss_values = _loss_vector(mu, losses)
+    vector, loss_values = aligned_losses(mu, losses)
     dtype = _checks.compute_dtype(vector, loss_values)
     _checks.unit_interval(primary_floor, "primary_floor")
     floor = jnp.asarray(primary_floor, dtype)
@@ -297,7 +297,8 @@ def init_mu(
     return jnp.full((num_aux_or_names,), logit, dtype)
 
 
-def _logit_vector_of(mu: Logits) -> jax.Array:
+def logit_vector_of(mu: Logits) -> jax.Array:
+    """µ as a (K,) vector, from an array or a dict (sorted by name)."""
     return _named_logit_vector(mu)[1] if isinstance(mu, Mapping) else _logit_vector(mu)
 
 
@@ -321,7 +322,7 @@ def regularizer(mu: Logits) -> jax.Array:
       >>> regularizer(jnp.zeros(1))  # log(1/2) + softplus(0) = -log 2 + log 2
       Array(0., dtype=float32)
     """
-    logits = _full_logits(_logit_vector_of(mu))
+    logits = _full_logits(logit_vector_of(mu))
     log_weights = jax.nn.log_softmax(logits)
     negated_entropy = jnp.sum(jnp.exp(log_weights) * log_weights)
     return negated_entropy + jnp.sum(jax.nn.softplus(logits[1:]))

@@ -16,8 +16,8 @@ from yoto_jax import _checks
 from yoto_jax.composite import (
     Logits,
     Losses,
-    _logit_vector_of,
-    _loss_vector,
+    aligned_losses,
+    logit_vector_of,
     loss_weights,
     resolve_floor,
 )
@@ -157,9 +157,9 @@ def weight_report(
       ([0, 3], [False, True], True)
     """
     if losses is None:
-        vector, loss_values = _logit_vector_of(mu), None
+        vector, loss_values = logit_vector_of(mu), None
     else:
-        vector, loss_values = _loss_vector(mu, losses)
+        vector, loss_values = aligned_losses(mu, losses)
     return build_report(
         vector,
         loss_values,
