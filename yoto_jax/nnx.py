@@ -9,6 +9,7 @@ methods is one line: the ``weighting=`` argument.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -243,6 +244,12 @@ def train_step(
     model's non-parameter state (batch statistics, ``nnx.Rngs`` counts) are not kept:
     give it its randomness from ``key`` or the batch.
 
+    A gradient method's ``shared`` mask meets ``nnx.State`` trees here, not the model's
+    attributes as a dict: the model's ``nnx.Param`` variables without the weighting's
+    (GradNorm), or the optimizer's updates of all of them (the methods that act inside
+    the optimizer: MGDA, PCGrad, CAGrad, ...). Build it with :func:`shared_params`, from an NNX filter, a path
+    predicate or a prefix of module names.
+
     Args:
       model: the model; ``loss_weights`` must be one of its submodules.
       optimizer: ``nnx.Optimizer(model, loss_weights.optimizer(tx), wrt=nnx.Param)``.
@@ -439,3 +446,86 @@ def _loss_weights_of(model: nnx.Module) -> LossWeights:
             f"(the objective the search weights), got {type(model).__name__} holding {len(found)}."
         )
     return found[0]
+
+
+def shared_params(
+    selection: nnx.filterlib.Filter | Mapping[str, Any],
+) -> Callable[[nnx.State], nnx.State]:
+    """The ``shared=`` of a gradient method (MGDA, PCGrad, GradNorm, ...) for an NNX model.
+
+    Under :func:`train_step` a method's ``shared`` is applied to an ``nnx.State``: the
+    model's ``nnx.Param`` variables (GradNorm) or the optimizer's updates of them (the
+    methods that act inside the optimizer, MGDA, PCGrad, CAGrad, ..., whose updates
+    include the :class:`LossWeights`' params). A plain bool tree such as ``{"trunk": True}`` does not match that
+    structure; this callable builds the matching mask from the variables' paths.
+
+    Args:
+      selection: an NNX filter (``nnx.PathContains("trunk")``, a variable type, a
+        predicate ``(path, variable) -> bool``, ...) or a mapping of module names to
+        bools, nested as the model's attributes are: ``{"trunk": True, "heads": False}``
+        (a bool selects everything below it). A :class:`LossWeights`' own params are
+        never selected.
+
+    Returns:
+      ``state -> mask``, a bool for each variable of ``state`` (True: shared), to pass
+      as the method's ``shared``.
+
+    Example:
+      >>> from flax import nnx
+      >>> from yoto_jax import baselines
+      >>> from yoto_jax.nnx import shared_params
+      >>> method = baselines.mgda(shared=shared_params({"trunk": True, "heads": False}))
+      >>> model = nnx.Dict(trunk=nnx.Linear(2, 2, rngs=nnx.Rngs(0)),
+      ...                  heads=nnx.Linear(2, 1, rngs=nnx.Rngs(0)))
+      >>> mask = shared_params(nnx.PathContains("trunk"))(nnx.state(model, nnx.Param))
+      >>> mask["trunk"]["kernel"].get_value(), mask["heads"]["bias"].get_value()
+      (True, False)
+    """
+    if isinstance(selection, Mapping):
+        predicate = functools.partial(_in_prefix, selection)
+    else:
+        predicate = nnx.filterlib.to_predicate(selection)
+
+    def mask(state: nnx.State) -> nnx.State:
+        if not isinstance(state, nnx.State):
+            raise TypeError(
+                f"shared_params selects variables of an nnx.State (under yoto_jax.nnx.train_step), "
+                f"got {type(state).__name__}: for a plain pytree of params pass a bool tree."
+            )
+        return nnx.from_flat_state(
+            [
+                (
+                    path,
+                    variable.replace(
+                        not isinstance(variable, WeightingParam) and bool(predicate(path, variable))
+                    ),
+                )
+                for path, variable in nnx.to_flat_state(state)
+            ]
+        )
+
+    return mask
+
+
+def _in_prefix(prefix: Mapping[str, Any], path: tuple, variable: Any) -> bool:
+    """The bool that the nested mapping ``prefix`` gives the variable at ``path``."""
+    node = prefix
+    for depth, name in enumerate(path):
+        if isinstance(node, bool):
+            return node
+        if not isinstance(node, Mapping) or name not in node:
+            where = "/".join(map(str, path[:depth])) or "the top"
+            keys = sorted(map(str, node)) if isinstance(node, Mapping) else node
+            raise ValueError(
+                f"shared_params: the prefix gives no bool for the parameter "
+                f"{'/'.join(map(str, path))!r}; at {where} it expects a bool or a mapping "
+                f"with the key {name!r}, got {keys!r} (one bool per module of the model, "
+                "nested as its attributes, e.g. {'trunk': True, 'heads': False})."
+            )
+        node = node[name]
+    if isinstance(node, bool):
+        return node
+    raise ValueError(
+        f"shared_params: the prefix gives {node!r}, not a bool, for the parameter "
+        f"{'/'.join(map(str, path))!r}."
+    )

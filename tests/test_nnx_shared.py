@@ -1,0 +1,73 @@
+"""yoto_jax.nnx.shared_params: a gradient method's shared parameters of an NNX model by
+filter, path predicate or module-name prefix, against the functional trainer on the same
+parameters as a plain dict with a bool mask."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import yoto_jax
+from yoto_jax import baselines
+from yoto_jax.nnx import LossWeights, shared_params, train_step
+
+X = jax.random.normal(jax.random.key(0), (8, 3))
+PREFIX = {"trunk": True, "heads": False}
+SELECTIONS = {
+    "filter": nnx.PathContains("trunk"),
+    "predicate": lambda path, variable: path[0] == "trunk",
+    "prefix": PREFIX,
+}
+
+
+def losses_of(params):
+    """The two losses of the trunk + heads net, written on a plain dict of params."""
+    hidden = jnp.tanh(X @ params["trunk"]["kernel"] + params["trunk"]["bias"])
+    out = hidden @ params["heads"]["kernel"] + params["heads"]["bias"]
+    return {"a": jnp.mean((out[:, 0] - 1) ** 2), "b": jnp.mean((out[:, 1] + hidden[:, 0]) ** 2)}
+
+
+class Net(nnx.Module):
+    def __init__(self, weighting):
+        self.trunk = nnx.Linear(3, 4, rngs=nnx.Rngs(1))
+        self.heads = nnx.Linear(4, 2, rngs=nnx.Rngs(2))
+        self.loss_weights = LossWeights("a", ["b"], weighting=weighting)
+
+    def losses(self):
+        return losses_of(nnx.to_pure_dict(nnx.state(self, nnx.Param)))
+
+
+@pytest.mark.parametrize("method", [baselines.mgda, baselines.gradnorm])
+@pytest.mark.parametrize("selection", list(SELECTIONS))
+def test_an_nnx_selection_trains_as_the_functional_bool_mask(method, selection):
+    model = Net(method(shared=shared_params(SELECTIONS[selection])))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params.pop("loss_weights", None)
+    optimizer = nnx.Optimizer(model, model.loss_weights.optimizer(optax.sgd(0.3)), wrt=nnx.Param)
+    train = yoto_jax.trainer(method(shared=PREFIX), optax.sgd(0.3))
+    state = train.init(params, 2)
+    for _ in range(2):
+        train_step(model, optimizer, model.loss_weights, Net.losses)
+        state, _ = train.step(state, lambda p: jnp.stack(list(losses_of(p).values())))
+    trained = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for name in PREFIX:
+        for leaf in ("kernel", "bias"):
+            expected = np.asarray(state.params["model"][name][leaf])
+            np.testing.assert_allclose(
+                trained[name][leaf], expected, rtol=0, atol=8 * np.finfo(np.float32).eps
+            )
+    assert not np.allclose(trained["trunk"]["kernel"], params["trunk"]["kernel"])
+
+
+def test_a_prefix_without_a_module_names_the_parameter_and_the_keys():
+    model = Net(baselines.mgda(shared=shared_params({"trunk": True})))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    with pytest.raises(ValueError, match=r"'heads/bias'.*at the top.*key 'heads', got \['trunk'\]"):
+        train_step(model, optimizer, model.loss_weights, Net.losses)
+
+
+def test_a_plain_pytree_is_refused_with_a_pointer_to_bool_trees():
+    with pytest.raises(TypeError, match="nnx.State.*got dict.*bool tree"):
+        shared_params(PREFIX)({"trunk": jnp.ones(2)})
