@@ -25,6 +25,12 @@ from yoto_jax.decay import DEFAULT_RHO as DEFAULT_RHO
 from yoto_jax.decay import HyperparameterDecayState, hyperparameter_decay
 from yoto_jax.diagnostics import NamedReport, WeightReport, report_names, weight_report
 from yoto_jax.grid import loss_weight_grid, random_loss_weights, stack_trees, vmapped_training
+from yoto_jax.learning_rate import DEFAULT_META_LEARNING_RATE as DEFAULT_META_LEARNING_RATE
+from yoto_jax.learning_rate import (
+    LearnedLearningRateState,
+    learned_learning_rate,
+    learning_rate_of,
+)
 from yoto_jax.optimizer import DEFAULT_MU_LEARNING_RATE as DEFAULT_MU_LEARNING_RATE
 from yoto_jax.optimizer import yoto_optimizer
 from yoto_jax.search import (
@@ -47,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "HalvingResult",
     "HyperparameterDecayState",
+    "LearnedLearningRateState",
     "NamedReport",
     "NonfiniteSkipState",
     "PBTHistory",
@@ -63,6 +70,8 @@ __all__ = [
     "hyperparameter_decay",
     "init_mu",
     "is_mu_path",
+    "learned_learning_rate",
+    "learning_rate_of",
     "loss_weight_grid",
     "loss_weights",
     "member_keys",

@@ -1,0 +1,238 @@
+"""learned_learning_rate: α = exp(ν) learnt by the normalised hypergradient.
+
+On a quadratic with curvatures 0.1 … 10 (κ = 100), fixed SGD diverges above
+α = 2/L = 0.2 and the tuned fixed α comes from a grid; started 10–100× too small
+(and, for SGD, past the divergence edge) the learned rate with the default meta
+settings reaches the tuned run's loss decrease within the stated factor.
+"""
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _toy import assert_trees_equal
+from test_checkpoint import save_and_restore
+
+import yoto_jax
+from yoto_jax.learning_rate import SHRINK_RATIO
+
+CURVATURES = jnp.logspace(-1, 1, 20)
+X0 = jnp.ones(20)
+STEPS = 500
+GRID = jnp.logspace(-4, 0, 17)
+DIRECTIONS = {"sgd": optax.identity(), "adam": optax.scale_by_adam()}
+FRACTION_OF_TUNED = {"sgd": 1.0, "adam": 0.25}
+"""The learned run's loss decrease in nats over the tuned fixed run's, at least. SGD:
+the learned rate takes longer steps than any stable fixed one (up to 5× 2/L, shrinking
+whenever the stiff directions oscillate) and ends lower (measured ≥ 1.5×). Adam: the
+learned α settles near 0.06, 5× below the grid's best on this noiseless problem
+(measured 0.28 from 100× too small, 0.39 from 10×), and far ahead of the fixed
+run at its start."""
+
+
+def quadratic(x: jax.Array) -> jax.Array:
+    return 0.5 * jnp.sum(CURVATURES * x * x)
+
+
+def run(tx: optax.GradientTransformation, steps: int = STEPS, x=X0, state=None, trace=None):
+    """``steps`` full-batch steps on the quadratic: the final params and state, and with
+    ``trace(x, state)`` after every step."""
+
+    def body(carry, _):
+        x, state = carry
+        updates, state = tx.update(jax.grad(quadratic)(x), state, x)
+        x = optax.apply_updates(x, updates)
+        return (x, state), None if trace is None else trace(x, state)
+
+    state = tx.init(x) if state is None else state
+    final, traced = jax.lax.scan(body, (x, state), None, steps)
+    return final if trace is None else (final, traced)
+
+
+def fixed_losses(direction: optax.GradientTransformation, rates: jax.Array = GRID) -> jax.Array:
+    """The final loss of fixed α over ``rates`` (nan where it diverged)."""
+    tx = lambda a: optax.chain(direction, optax.scale_by_learning_rate(a))
+    return jax.jit(jax.vmap(lambda a: quadratic(run(tx(a))[0])))(rates)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_learned_rate_reaches_the_tuned_rate_from_far_off(name):
+    direction = DIRECTIONS[name]
+    fixed = np.asarray(fixed_losses(direction))
+    tuned = float(np.nanmin(fixed))
+    starts = jnp.array([GRID[np.nanargmin(fixed)] / 100, GRID[np.nanargmin(fixed)] / 10])
+    if name == "sgd":
+        starts = jnp.append(starts, 2.0)  # fixed SGD diverges there (10× the edge 2/L)
+        diverged = quadratic(run(optax.chain(direction, optax.scale_by_learning_rate(2.0)))[0])
+        assert not float(diverged) < 1e10  # inf or nan
+
+    def learned(alpha):
+        tx = yoto_jax.learned_learning_rate(direction, alpha)
+        _, (losses, rates) = run(
+            tx, trace=lambda x, s: (quadratic(x), yoto_jax.learning_rate_of(s))
+        )
+        return losses, rates
+
+    losses, rates = jax.jit(jax.vmap(learned))(starts)
+    initial = float(quadratic(X0))
+    # Linear convergence: compare the loss decrease in nats, log(f₀/f_T).
+    tuned_decrease = np.log(initial / tuned)
+    assert tuned_decrease > 10
+    np.testing.assert_array_less(
+        FRACTION_OF_TUNED[name] * tuned_decrease, np.log(initial / np.asarray(losses[:, -1]))
+    )
+    np.testing.assert_array_less(losses[:2].max(axis=1), 1.001 * initial)  # never rose
+    at_start = fixed_losses(direction, starts[:2])
+    np.testing.assert_array_less(100 * losses[:2, -1], at_start)
+    np.testing.assert_array_less(2 * starts[:2], rates[:2].max(axis=1))  # α grew
+    if name == "sgd":
+        assert float(rates[2].min()) < 0.2  # α came down below the edge 2/L
+
+
+def test_the_rate_moves_by_beta_times_the_cosine_of_the_hypergradient():
+    """One step on the quadratic: ν₁ − ν₀ = β·(−∂f/∂α)/(‖g₁‖‖d₀‖), where ∂f(x₀ − αd₀)/∂α is
+    a central difference (exact on a quadratic up to rounding)."""
+    alpha, beta = 0.05, 0.05
+    tx = yoto_jax.learned_learning_rate(optax.identity(), alpha, meta_learning_rate=beta)
+    x1, state1 = run(tx, steps=1)
+    assert float(state1.log_learning_rate) == pytest.approx(np.log(alpha), abs=1e-7)
+    _, state2 = run(tx, steps=1, x=x1, state=state1)
+
+    d0 = jax.grad(quadratic)(X0)
+    h = alpha / 2
+    finite_difference = (quadratic(X0 - (alpha + h) * d0) - quadratic(X0 - (alpha - h) * d0)) / (
+        2 * h
+    )
+    g1 = jax.grad(quadratic)(x1)
+    cosine = -finite_difference / (jnp.linalg.norm(g1) * jnp.linalg.norm(d0))
+    assert 0 < float(cosine) < 1  # α is too small: consecutive gradients agree
+    step = float(state2.log_learning_rate - state1.log_learning_rate)
+    np.testing.assert_allclose(step, beta * float(cosine), rtol=1e-4)
+
+
+def test_a_too_large_rate_shrinks_faster():
+    """At α past 2/L, g₁ opposes d₀: ν falls by SHRINK_RATIO·β|cos| (the closed form)."""
+    alpha, beta = 0.5, 0.05
+    tx = yoto_jax.learned_learning_rate(optax.identity(), alpha, meta_learning_rate=beta)
+    x1, state1 = run(tx, steps=1)
+    _, state2 = run(tx, steps=1, x=x1, state=state1)
+    d0 = CURVATURES * X0
+    g1 = CURVATURES * (1 - alpha * CURVATURES) * X0
+    cosine = np.dot(g1, d0) / (np.linalg.norm(g1) * np.linalg.norm(d0))
+    assert cosine < 0
+    step = float(state2.log_learning_rate - state1.log_learning_rate)
+    np.testing.assert_allclose(step, SHRINK_RATIO * beta * cosine, rtol=1e-4)
+
+
+def test_zero_meta_rate_is_the_fixed_rate_and_vmap_over_initial_rates():
+    alphas = jnp.array([0.01, 0.1])
+    learned = jax.vmap(
+        lambda a: run(
+            yoto_jax.learned_learning_rate(optax.scale_by_adam(), a, meta_learning_rate=0.0), 20
+        )[0]
+    )(alphas)
+    fixed = jax.vmap(
+        lambda a: run(optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(a)), 20)[0]
+    )(alphas)
+    np.testing.assert_allclose(learned, fixed, rtol=1e-6, atol=1e-6)
+    # vmapped members equal the single runs, with the default meta rate
+    one = lambda a: run(yoto_jax.learned_learning_rate(optax.identity(), a), 20)
+    batched = jax.vmap(one)(alphas)
+    for i, a in enumerate([0.01, 0.1]):
+        single = one(a)
+        np.testing.assert_allclose(batched[0][i], single[0], rtol=1e-6)
+        np.testing.assert_allclose(
+            yoto_jax.learning_rate_of(batched[1])[i],
+            yoto_jax.learning_rate_of(single[1]),
+            rtol=1e-6,
+        )
+
+
+def test_chain_with_clipping_and_apply_if_finite_skip_a_nan_step():
+    tx = optax.apply_if_finite(
+        optax.chain(
+            optax.clip_by_global_norm(1.0), yoto_jax.learned_learning_rate(optax.identity(), 0.1)
+        ),
+        max_consecutive_errors=5,
+    )
+    x, state = run(tx, steps=5)
+    before = state
+    updates, state = tx.update(jnp.full(20, jnp.nan), state, x)
+    assert np.all(np.asarray(updates) == 0)
+    assert_trees_equal(state.inner_state, before.inner_state)
+    rate = yoto_jax.learning_rate_of(state.inner_state[1])
+    assert np.isfinite(float(rate)) and float(rate) > 0.1  # clipped steps agreed: α grew
+
+
+def test_resume_from_an_orbax_checkpoint_is_bitwise(tmp_path: Path):
+    tx = yoto_jax.learned_learning_rate(optax.scale_by_adam(), 1e-3)
+    expected = run(tx, steps=12)
+    saved = run(tx, steps=6)
+    fresh = (X0 * 2, tx.init(X0 * 2))
+    x, state = save_and_restore(tmp_path, 6, saved, fresh)
+    assert_trees_equal(run(tx, steps=6, x=x, state=state), expected)
+    assert float(yoto_jax.learning_rate_of(expected[1])) > 1e-3
+
+
+W_TRUE = jnp.array([1.0, -2.0, 0.5])
+
+
+def yoto_run(tx: optax.GradientTransformation, steps: int = 100):
+    """YOTO's trainer on a noiseless least-squares primary and an L2 auxiliary: the final state
+    and the primary loss."""
+
+    def losses(w, x):
+        return jnp.stack([jnp.mean((x @ (w - W_TRUE)) ** 2), jnp.mean(w**2)])
+
+    train = yoto_jax.trainer(yoto_jax.yoto(), tx)
+    x = jax.random.normal(jax.random.key(0), (16, 3))
+
+    def body(state, key):
+        state, log = train.step(state, lambda w: losses(w, x), key)
+        return state, log.losses[0]
+
+    keys = jax.random.split(jax.random.key(1), steps)
+    return jax.jit(lambda s: jax.lax.scan(body, s, keys))(train.init(jnp.zeros(3), num_losses=2))
+
+
+def test_trains_with_yoto_in_the_trainer():
+    state, primary = yoto_run(yoto_jax.learned_learning_rate(optax.scale_by_adam(), 1e-3))
+    _, fixed = yoto_run(optax.adam(1e-3))
+    rates = [
+        yoto_jax.learning_rate_of(s)
+        for s in jax.tree.leaves(
+            state.opt_state, is_leaf=lambda s: isinstance(s, yoto_jax.LearnedLearningRateState)
+        )
+        if isinstance(s, yoto_jax.LearnedLearningRateState)
+    ]
+    assert len(rates) == 1 and float(rates[0]) > 1e-2  # α grew 10× from 1e-3
+    assert float(primary[-1]) < 0.5 * float(fixed[-1]) < 0.5 * float(primary[0])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"learning_rate": 0.0}, ValueError, "learning_rate must be a finite number > 0, got 0.0"),
+        ({"learning_rate": -1e-3}, ValueError, "learning_rate must be a finite number > 0"),
+        (
+            {"learning_rate": float("nan")},
+            ValueError,
+            "learning_rate must be a finite number > 0, got nan",
+        ),
+        (
+            {"meta_learning_rate": -0.1},
+            ValueError,
+            "meta_learning_rate must be a finite number >= 0",
+        ),
+        ({"meta_learning_rate": float("nan")}, ValueError, "meta_learning_rate must be a finite"),
+        ({"direction": optax.adam}, TypeError, "direction must be an optax.GradientTransformation"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, error, message):
+    arguments = {"direction": optax.identity(), "learning_rate": 1e-3} | kwargs
+    direction = arguments.pop("direction")
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(".", r"\.")):
+        yoto_jax.learned_learning_rate(direction, **arguments)
