@@ -9,6 +9,7 @@ methods is one line: the ``weighting=`` argument.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -289,22 +290,90 @@ def train_step(
     prefix = _path_of(model, loss_weights)
     graphdef, own_params, model_params, rest = nnx.split(model, WeightingParam, nnx.Param, ...)
 
-    def losses_vector(params: nnx.State) -> jax.Array:
-        return loss_weights.vector(losses_fn(nnx.merge(graphdef, own_params, params, rest)))
+    def model_of(params: nnx.State) -> nnx.Module:
+        return nnx.merge(graphdef, own_params, params, rest)
 
-    result = weighting.step(
-        losses_vector, model_params, loss_weights.params, loss_weights.state.get_value(), key=key
-    )
-    own_grads = nnx.from_flat_state(
-        [
-            (path, variable.replace(_own_grad(path, prefix, result.grads, variable)))
-            for path, variable in nnx.to_flat_state(own_params)
-        ]
-    )
-    optimizer.update(model, nnx.merge_state(result.model_grads, own_grads))
-    _, _, new_params, _ = nnx.split(model, WeightingParam, nnx.Param, ...)
-    loss_weights.state.set_value(weighting.after_update(losses_vector, new_params, result))
+    def losses_vector(params: nnx.State) -> jax.Array:
+        return loss_weights.vector(losses_fn(model_of(params)))
+
+    token = _MODEL_OF.set(model_of)
+    try:
+        result = weighting.step(
+            losses_vector,
+            model_params,
+            loss_weights.params,
+            loss_weights.state.get_value(),
+            key=key,
+        )
+        own_grads = nnx.from_flat_state(
+            [
+                (path, variable.replace(_own_grad(path, prefix, result.grads, variable)))
+                for path, variable in nnx.to_flat_state(own_params)
+            ]
+        )
+        optimizer.update(model, nnx.merge_state(result.model_grads, own_grads))
+        _, _, new_params, _ = nnx.split(model, WeightingParam, nnx.Param, ...)
+        loss_weights.state.set_value(weighting.after_update(losses_vector, new_params, result))
+    finally:
+        _MODEL_OF.reset(token)
     return loss_weights.named(result.losses), loss_weights.named(result.weights)
+
+
+_MODEL_OF: contextvars.ContextVar[Callable[[nnx.State], nnx.Module] | None] = (
+    contextvars.ContextVar("yoto_jax_nnx_model_of", default=None)
+)
+"""Inside :func:`train_step`: the model's params (an ``nnx.State``) -> the model."""
+
+
+def module_fn(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """A function of the NNX model as the function of its params that a weighting takes.
+
+    Auto-λ's ``val_loss_fn`` (:func:`yoto_jax.baselines.auto_lambda`) is a function of
+    the model's params; under NNX those are an ``nnx.State`` that only the model's
+    structure turns back into a model, and the weighting is built before the model.
+    ``module_fn`` defers that: called inside :func:`train_step` with params, it merges
+    them into the model being trained and calls ``fn(model, *args)``.
+
+    Args:
+      fn: ``(model, *args) -> value``, e.g. the validation loss ``model -> scalar``, or
+        ``(model, key) -> scalar`` with Auto-λ's ``val_takes_key=True``.
+
+    Returns:
+      ``(params, *args) -> fn(model with params, *args)``, with ``fn``'s signature; it
+      raises a ``RuntimeError`` when called outside :func:`train_step`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> from flax import nnx
+      >>> from yoto_jax import baselines
+      >>> from yoto_jax.nnx import LossWeights, module_fn, train_step
+      >>> class Model(nnx.Module):
+      ...     def __init__(self):
+      ...         self.w = nnx.Param(jnp.float32(0.0))
+      ...         val_loss = module_fn(lambda model: (model.w[...] - 1.0) ** 2)
+      ...         weighting = baselines.auto_lambda(val_loss, learning_rate=0.1)
+      ...         self.loss_weights = LossWeights("a", ["b"], weighting=weighting)
+      >>> model = Model()
+      >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+      >>> losses = lambda m: {"a": (m.w[...] - 1.0) ** 2, "b": (m.w[...] + 1.0) ** 2}
+      >>> _, weights = train_step(model, optimizer, model.loss_weights, losses)
+      >>> bool(weights["a"] > weights["b"])  # the validation loss favours the primary
+      True
+    """
+    if not callable(fn):
+        raise TypeError(f"module_fn takes a function of the model, got {type(fn).__name__}.")
+
+    @functools.wraps(fn)
+    def on_params(params: nnx.State, *args: Any) -> jax.Array:
+        model_of = _MODEL_OF.get()
+        if model_of is None:
+            raise RuntimeError(
+                f"module_fn({getattr(fn, '__name__', 'fn')}) turns params into the model being "
+                "trained by yoto_jax.nnx.train_step; it was called outside train_step."
+            )
+        return fn(model_of(params), *args)
+
+    return on_params
 
 
 def _own_grad(path: tuple, prefix: tuple, grads: dict[str, jax.Array], variable: Any):
