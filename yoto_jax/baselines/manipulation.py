@@ -32,6 +32,7 @@ TF32 that GPUs default to for float32 matmuls (see
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -199,7 +200,11 @@ def min_norm_weights(gram: jax.Array, iterations: int = DEFAULT_SOLVER_ITERATION
       Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization",
       NeurIPS 2018 (``MinNormSolver._min_norm_2d``).
     """
-    _checks.positive_int(iterations, "iterations")
+    return _min_norm_alpha(gram, _checks.positive_int(iterations, "iterations"))
+
+
+@functools.partial(jax.jit, static_argnames="iterations")  # eager calls reuse the program
+def _min_norm_alpha(gram: jax.Array, iterations: int) -> jax.Array:
     return _simplex.min_norm_solve(gram, iterations).alpha
 
 

@@ -2,6 +2,7 @@ r"""Nash-MTL (Navon et al., ICML 2022): the tasks' gradients combined by a barga
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -65,6 +66,7 @@ def _accurate_matvec(matrix: jax.Array, vector: jax.Array) -> jax.Array:
     return total + error
 
 
+@functools.partial(jax.jit, static_argnames="iterations")  # eager calls reuse the program
 def _solve(gram: jax.Array, iterations: int) -> tuple[jax.Array, jax.Array]:
     r"""α > 0 with :math:`α_i (Mα)_i = 1`, and whether the iteration converged to it.
 

@@ -180,6 +180,13 @@ def upgrad_weights(
         "pref_vector",
         gram.dtype,
     )
+    return _upgrad_solve(gram, pref, norm_eps, reg_eps)
+
+
+@jax.jit  # one compiled program per shape, so eager calls do not retrace the active-set loop
+def _upgrad_solve(gram: jax.Array, pref: jax.Array, norm_eps: Any, reg_eps: Any) -> jax.Array:
+    """:func:`upgrad_weights` on a checked Gram matrix and preference vector."""
+    num_losses = gram.shape[0]
     trace = jnp.trace(gram)
     small = trace < norm_eps
     normalized = jnp.where(small, 0.0, gram / jnp.where(small, 1.0, trace))
