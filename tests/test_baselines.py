@@ -596,7 +596,11 @@ def famo_after_update(losses_after):
         (lambda: first_step(bl.rlw(), jnp.ones(3)), ValueError, "3 entries, expected 2"),
         (lambda: first_step(bl.famo(), jnp.ones(())), ValueError, r"got shape \(\)"),
         (lambda: first_step(bl.equal_weighting(), jnp.ones(3)), ValueError, "expected 2"),
-        (lambda: first_step(bl.uncertainty(), jnp.ones(3)), ValueError, "log_vars has 2"),
+        (
+            lambda: first_step(bl.uncertainty(), jnp.ones(3)),
+            ValueError,
+            "losses has 3 entries, expected 2",
+        ),
         (lambda: bl.dwa(0), ValueError, "steps_per_epoch must be >= 1"),
         (lambda: bl.dwa(2.0), TypeError, "steps_per_epoch must be an int"),
         (lambda: bl.dwa(2, temperature=0.0), ValueError, "temperature must be a finite"),

@@ -450,7 +450,7 @@ def transformation_update(tx, per_loss_grads, updates=None):
                 {"a": 1.0},
             ),
             ValueError,
-            "pytree structure",
+            r"got a dict with keys \['a', 'b'\] where the params are a dict with keys \['a'\]",
         ),
         (
             lambda: first_step(

@@ -7,7 +7,7 @@ tracers; values are inspected only when they are concrete (`concrete_float`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -91,6 +91,21 @@ def non_negative(x: Any, name: str) -> None:
     value = concrete_float(x)
     if value is not None and not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value}.")
+
+
+def at_step_zero(check: Callable[[Any, str], None], x: Any, name: str) -> None:
+    """``check(x, name)``, or for a schedule (a callable of the step count) on its value
+    at step 0: a schedule that starts out of range is refused; its later values are not
+    checked (they are traced inside the update).
+
+    Example:
+      >>> at_step_zero(non_negative, lambda count: -5.0, "rho")
+      Traceback (most recent call last):
+      ValueError: rho (a schedule, at step 0) must be a finite number >= 0, got -5.0.
+    """
+    if callable(x):
+        x, name = x(jnp.zeros([], jnp.int32)), f"{name} (a schedule, at step 0)"
+    check(x, name)
 
 
 def unit_interval(x: Any, name: str, *, closed: bool = False) -> None:

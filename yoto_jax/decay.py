@@ -82,7 +82,8 @@ def hyperparameter_decay(
     named form); each group has its own softmax and its own R.
 
     Args:
-      rho: the strength ρ >= 0: a float, a scalar array or an optax schedule.
+      rho: the strength ρ >= 0: a float, a scalar array or an optax schedule (its value
+        at step 0 is checked; later values are the caller's responsibility).
       mask: a tree of bools with the structure of (or a prefix of) the params, or a
         callable returning one, True for the µ leaves. ``yoto_jax.mu_mask`` selects
         the leaves under a ``yoto_mu`` key. ``None`` treats every leaf as µ (use it
@@ -109,7 +110,7 @@ def hyperparameter_decay(
     References:
       Sakaridis, "You Only Train Once", arXiv:2506.04349, Sec. 3.4.
     """
-    _checks.non_negative(rho, "rho")
+    _checks.at_step_zero(_checks.non_negative, rho, "rho")
 
     scheduled = callable(rho)
 

@@ -110,6 +110,10 @@ def loss_weight_grid(values: Sequence[float], num_aux: int) -> jax.Array:
       (9, 3)
     """
     num_aux = _checks.positive_int(num_aux, "num_aux")
+    if isinstance(values, str) or np.ndim(values) != 1:
+        raise TypeError(
+            f"values must be a sequence of candidate weights, e.g. [0.01, 0.1, 1.0], got {values!r}."
+        )
     values = [float(v) for v in values]
     if not values:
         raise ValueError("values must hold at least one weight.")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import jax
 import optax
 
 from yoto_jax import _checks
 from yoto_jax.decay import DEFAULT_RHO, hyperparameter_decay
-from yoto_jax.selection import mu_mask, partition_labels
+from yoto_jax.selection import MU_KEY, is_mu_path, mu_mask, partition_labels
 
 DEFAULT_MU_LEARNING_RATE = 0.05
 """µ's own constant Adam learning rate, in nats per step (see :func:`yoto_optimizer`)."""
@@ -45,8 +49,12 @@ def yoto_optimizer(
 
     ``mu_tx`` replaces µ's optimizer altogether (``mu_learning_rate`` is then unused).
 
-    The µ leaves are those under a ``yoto_mu`` key (:func:`yoto_jax.mu_mask`). If
-    ``tx`` has weight decay, exclude µ from it with ``mask=yoto_jax.model_mask``.
+    The µ leaves are those under a ``yoto_mu`` key (:func:`yoto_jax.mu_mask`); ``init``
+    raises if the params hold none (µ under another name would be trained as a model
+    weight). If ``tx`` has weight decay, exclude µ from it with ``mask=yoto_jax.model_mask``.
+
+    A schedule's value at step 0 is checked like a constant (ρ >= 0, a learning rate
+    > 0); later values are the caller's responsibility.
 
     Args:
       tx: the model's optimizer.
@@ -66,10 +74,40 @@ def yoto_optimizer(
       >>> paper = yoto_jax.yoto_optimizer(optax.adam(1e-3), mu_learning_rate=None)
     """
     if mu_tx is None and mu_learning_rate is None:
-        return optax.chain(hyperparameter_decay(rho, mask=mu_mask), tx)
+        return _requiring_mu(optax.chain(hyperparameter_decay(rho, mask=mu_mask), tx))
     if mu_tx is None:
-        _checks.positive(mu_learning_rate, "mu_learning_rate")
+        _checks.at_step_zero(_checks.positive, mu_learning_rate, "mu_learning_rate")
         mu_tx = optax.adam(mu_learning_rate)
-    return optax.partition(
-        {"model": tx, "mu": optax.chain(hyperparameter_decay(rho), mu_tx)}, partition_labels
+    return _requiring_mu(
+        optax.partition(
+            {"model": tx, "mu": optax.chain(hyperparameter_decay(rho), mu_tx)}, partition_labels
+        )
     )
+
+
+def _top_keys(tree: Any) -> str:
+    """The keys of `tree`'s first two levels of mappings, for an error message."""
+    if not isinstance(tree, Mapping):
+        return type(tree).__name__
+    keys = [
+        f"{key}/{inner}" if isinstance(child, Mapping) else str(key)
+        for key, child in tree.items()
+        for inner in (child if isinstance(child, Mapping) else [None])
+    ]
+    return str(keys)
+
+
+def _requiring_mu(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` whose ``init`` raises unless some leaf of the params sits under ``MU_KEY``."""
+
+    def init_fn(params: optax.Params) -> optax.OptState:
+        paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        if not any(is_mu_path(path) for path in paths):
+            raise ValueError(
+                f"yoto_optimizer found no µ in the params: µ must sit under a {MU_KEY!r} key "
+                f"(e.g. {{'model': ..., {MU_KEY!r}: yoto_jax.init_mu(K)}}), got the keys "
+                f"{_top_keys(params)}. Without it every leaf is trained as a model weight."
+            )
+        return tx.init(params)
+
+    return tx._replace(init=init_fn)

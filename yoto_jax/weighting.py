@@ -235,6 +235,14 @@ def require_key(key: jax.Array | None, method: str) -> jax.Array:
             f"{method} is random: pass a PRNG key to its step, step(..., key=key) "
             "(one new key per step, e.g. jax.random.fold_in(key, step))."
         )
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not (
+        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.uint32
+    ):
+        raise TypeError(
+            f"{method} needs a PRNG key as key (jax.random.key(seed), one new key per step), "
+            f"got {key!r}."
+        )
     return key
 
 

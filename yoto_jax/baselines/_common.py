@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -22,6 +23,15 @@ class NumLosses:
     num_losses: int
 
 
+def _outline(tree: Any) -> str:
+    """A tree's top level, for an error message: its keys, or its type and size."""
+    if isinstance(tree, Mapping):
+        return f"a {type(tree).__name__} with keys {sorted(map(str, tree))}"
+    if isinstance(tree, list | tuple):
+        return f"a {type(tree).__name__} of {len(tree)} entries"
+    return f"a {type(tree).__name__}"
+
+
 def selected_leaves(mask: Any, tree: Any) -> list[bool]:
     """One Python bool per leaf of `tree`, from ``mask``: a tree of bools with the
     structure of `tree` or a prefix of it, or a callable ``tree -> mask``.
@@ -37,7 +47,14 @@ def selected_leaves(mask: Any, tree: Any) -> list[bool]:
             )
         return [bool(selected)] * len(jax.tree.leaves(subtree))
 
-    flags = jax.tree.leaves(jax.tree.map(broadcast, mask, tree))
+    try:
+        flags = jax.tree.leaves(jax.tree.map(broadcast, mask, tree))
+    except ValueError as error:  # jax.tree.map's structure mismatch (broadcast raises TypeError)
+        raise ValueError(
+            "shared must be a callable params -> bool tree, or a tree of bools with the "
+            "structure of the model params (or a prefix of it: one bool per subtree); got "
+            f"{_outline(mask)} where the params are {_outline(tree)}."
+        ) from error
     if not any(flags):
         raise ValueError("shared selects no parameter leaf: the shared parameters would be empty.")
     return flags

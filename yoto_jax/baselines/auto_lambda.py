@@ -2,6 +2,7 @@ r"""Auto-λ (Liu, James, Davison and Johns, TMLR 2022): weights learnt by a one-
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -80,6 +81,28 @@ def _hypergradient(
 
         products = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps)
     return -learning_rate * products
+
+
+def _check_arity(val_loss_fn: Callable[..., jax.Array], takes_key: bool) -> None:
+    """Raises if ``val_loss_fn``'s signature (where Python can read one) cannot take the
+    arguments ``val_takes_key`` says it is called with."""
+    try:
+        signature = inspect.signature(val_loss_fn)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to read
+        return
+    args = ("model_params", "key") if takes_key else ("model_params",)
+    try:
+        signature.bind(*args)
+    except TypeError as error:
+        hint = (
+            "give it a second parameter for the key, or pass val_takes_key=False"
+            if takes_key
+            else "pass val_takes_key=True if it takes the step's key"
+        )
+        raise TypeError(
+            f"val_loss_fn is called as val_loss_fn({', '.join(args)}) with "
+            f"val_takes_key={takes_key}, but its signature is {signature}: {hint}."
+        ) from error
 
 
 def auto_lambda(
@@ -217,6 +240,7 @@ def auto_lambda(
             f"val_loss_fn must be a function of the model's params returning a scalar, got "
             f"{type(val_loss_fn).__name__}."
         )
+    _check_arity(val_loss_fn, _checks.boolean(val_takes_key, "val_takes_key"))
     _checks.positive(learning_rate, "learning_rate")
     _checks.positive(meta_learning_rate, "meta_learning_rate")
     _checks.non_negative(weight_decay, "weight_decay")

@@ -115,6 +115,7 @@ def uncertainty(log_var_init: float = DEFAULT_LOG_VAR_INIT) -> Weighting:
         return weights(params, state)
 
     def objective(params, state, losses, key) -> jax.Array:
-        return uncertainty_loss(params[UNCERTAINTY_KEY], losses)
+        log_vars = params[UNCERTAINTY_KEY]
+        return uncertainty_loss(log_vars, loss_vector(losses, jnp.shape(log_vars)[0]))
 
     return objective_weighting(init, objective, applied, weights)
