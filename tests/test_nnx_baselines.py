@@ -90,14 +90,17 @@ def test_auto_lambda_on_the_module_trains_as_on_the_params():
         np.testing.assert_allclose(list(weights.values()), log.weights, rtol=1e-6)
     assert_trained_alike(model, state)
     assert not np.allclose(log.weights, 0.1)  # λ moved from its initial 0.1
-    with pytest.raises(RuntimeError, match="module_fn.*outside train_step"):
+    with pytest.raises(RuntimeError, match="module_fn.*not outside train_step"):
         module_fn(on_module)(nnx.state(model, nnx.Param), jax.random.key(0))
 
 
 def test_a_prefix_without_a_module_names_the_parameter_and_the_keys():
     model = Net(baselines.mgda(shared=shared_params({"trunk": True})))
     optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
-    with pytest.raises(ValueError, match=r"'heads/bias'.*at the top.*key 'heads', got \['trunk'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"no bool for the parameter 'heads/bias' \(where it ends, it holds \['trunk'\]\)",
+    ):
         train_step(model, optimizer, model.loss_weights, Net.losses)
 
 

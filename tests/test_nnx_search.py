@@ -1,4 +1,4 @@
-"""The NNX example of docs/search.md (yoto_jax.nnx.search_functions) against a hand-written
+"""The NNX example of docs/search.md (yoto_jax.nnx_search.search_functions) against a hand-written
 NNX training loop of the same members."""
 
 import pathlib
@@ -10,7 +10,8 @@ import pytest
 from flax import nnx
 
 import yoto_jax
-from yoto_jax.nnx import search_functions, train_step
+from yoto_jax.nnx import train_step
+from yoto_jax.nnx_search import search_functions
 
 DOC = pathlib.Path(__file__).parent.parent / "docs" / "search.md"
 

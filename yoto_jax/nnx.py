@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -245,11 +245,10 @@ def train_step(
     model's non-parameter state (batch statistics, ``nnx.Rngs`` counts) are not kept:
     give it its randomness from ``key`` or the batch.
 
-    A gradient method's ``shared`` mask meets ``nnx.State`` trees here, not the model's
-    attributes as a dict: the model's ``nnx.Param`` variables without the weighting's
-    (GradNorm), or the optimizer's updates of all of them (the methods that act inside
-    the optimizer: MGDA, PCGrad, CAGrad, ...). Build it with :func:`shared_params`, from an NNX filter, a path
-    predicate or a prefix of module names.
+    A gradient method's ``shared`` mask meets ``nnx.State`` trees here, not a dict: the
+    model's ``nnx.Param`` variables without the weighting's (GradNorm), or the
+    optimizer's updates of all of them (MGDA, PCGrad, CAGrad, ...); build it with
+    :func:`shared_params` from an NNX filter, a path predicate or module names.
 
     Args:
       model: the model; ``loss_weights`` must be one of its submodules.
@@ -319,20 +318,17 @@ def train_step(
     return loss_weights.named(result.losses), loss_weights.named(result.weights)
 
 
-_MODEL_OF: contextvars.ContextVar[Callable[[nnx.State], nnx.Module] | None] = (
-    contextvars.ContextVar("yoto_jax_nnx_model_of", default=None)
-)
+_MODEL_OF = contextvars.ContextVar("yoto_jax_nnx_model_of", default=None)
 """Inside :func:`train_step`: the model's params (an ``nnx.State``) -> the model."""
 
 
 def module_fn(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     """A function of the NNX model as the function of its params that a weighting takes.
 
-    Auto-λ's ``val_loss_fn`` (:func:`yoto_jax.baselines.auto_lambda`) is a function of
-    the model's params; under NNX those are an ``nnx.State`` that only the model's
-    structure turns back into a model, and the weighting is built before the model.
-    ``module_fn`` defers that: called inside :func:`train_step` with params, it merges
-    them into the model being trained and calls ``fn(model, *args)``.
+    Auto-λ's ``val_loss_fn`` (:func:`yoto_jax.baselines.auto_lambda`) takes the model's
+    params, an ``nnx.State`` under NNX, and the weighting is built before the model.
+    Called inside :func:`train_step`, the function returned merges the params into the
+    model being trained and calls ``fn(model, *args)``.
 
     Args:
       fn: ``(model, *args) -> value``, e.g. the validation loss ``model -> scalar``, or
@@ -351,8 +347,8 @@ def module_fn(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
       ...     def __init__(self):
       ...         self.w = nnx.Param(jnp.float32(0.0))
       ...         val_loss = module_fn(lambda model: (model.w[...] - 1.0) ** 2)
-      ...         weighting = baselines.auto_lambda(val_loss, learning_rate=0.1)
-      ...         self.loss_weights = LossWeights("a", ["b"], weighting=weighting)
+      ...         method = baselines.auto_lambda(val_loss, learning_rate=0.1)
+      ...         self.loss_weights = LossWeights("a", ["b"], weighting=method)
       >>> model = Model()
       >>> optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
       >>> losses = lambda m: {"a": (m.w[...] - 1.0) ** 2, "b": (m.w[...] + 1.0) ** 2}
@@ -367,9 +363,9 @@ def module_fn(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
     def on_params(params: nnx.State, *args: Any) -> jax.Array:
         model_of = _MODEL_OF.get()
         if model_of is None:
+            name = getattr(fn, "__name__", "fn")
             raise RuntimeError(
-                f"module_fn({getattr(fn, '__name__', 'fn')}) turns params into the model being "
-                "trained by yoto_jax.nnx.train_step; it was called outside train_step."
+                f"module_fn({name}) is called by train_step, not outside train_step."
             )
         return fn(model_of(params), *args)
 
@@ -384,139 +380,6 @@ def _own_grad(path: tuple, prefix: tuple, grads: dict[str, jax.Array], variable:
     return jnp.zeros_like(variable.get_value())
 
 
-class SearchFunctions(NamedTuple):
-    """The three pure functions of :func:`yoto_jax.successive_halving` and
-    :func:`yoto_jax.population_based_training` for an NNX model (:func:`search_functions`).
-
-    Attributes:
-      init_fn: ``(config, key) -> state``, the ``nnx.State`` of a new model and its
-        ``nnx.Optimizer``.
-      train_fn: ``(state, config, key, num_steps) -> state``, ``num_steps`` steps of
-        :func:`train_step` in a ``lax.scan``.
-      eval_fn: ``(state, config) -> score``, the metric of the trained model.
-    """
-
-    init_fn: Callable[[Any, jax.Array], nnx.State]
-    train_fn: Callable[[nnx.State, Any, jax.Array, int], nnx.State]
-    eval_fn: Callable[[nnx.State, Any], jax.Array]
-
-
-def search_functions(
-    make_model: Callable[[Any, nnx.Rngs], nnx.Module],
-    tx: optax.GradientTransformation | Callable[[Any], optax.GradientTransformation],
-    losses_fn: Callable[[nnx.Module, jax.Array], Mapping[str, jax.Array]],
-    metric_fn: Callable[[nnx.Module], jax.Array],
-) -> SearchFunctions:
-    """An NNX model and its optimizer as the pure functions the searches take.
-
-    A member's state is the ``nnx.State`` of the pair (model, ``nnx.Optimizer``): a
-    pytree of arrays, so the searches vmap it, gather survivors from it, fingerprint and
-    checkpoint it. Each function rebuilds the model's structure (its ``nnx.GraphDef``)
-    from ``config`` with ``nnx.eval_shape``, which allocates nothing, and merges the
-    state into it; no split or merge is left to write. The structure is rebuilt on
-    every trace because the weighting may close over the (traced) configuration, as
-    ``fixed_weights(config["weights"])`` does.
-
-    Each training step draws one step key, splits it into the batch's key (passed to
-    ``losses_fn``) and the weighting's (``train_step(..., key=)``, for RLW or PCGrad),
-    and runs :func:`train_step`. Keep the model's randomness out of its state (a model
-    that stores ``nnx.Rngs`` holds PRNG keys, which halving's checkpoints cannot save).
-
-    Args:
-      make_model: ``(config, rngs) -> model``, one member's model: it must hold exactly
-        one :class:`LossWeights`, whose weighting may depend on ``config`` (a traced
-        pytree with the leaves of one row of ``configs``). Its shapes must not.
-      tx: the model's optimizer, or ``config -> optimizer`` to search its
-        hyperparameters (a learning rate with ``optax.inject_hyperparams``, say); it is
-        wrapped in ``loss_weights.optimizer``.
-      losses_fn: ``(model, key) -> {name: scalar loss}``, the losses on the batch that
-        ``key`` draws (the names of the model's ``LossWeights``).
-      metric_fn: ``model -> scalar``, the validation score the search ranks.
-
-    Returns:
-      :class:`SearchFunctions` ``(init_fn, train_fn, eval_fn)``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp, optax, yoto_jax
-      >>> from flax import nnx
-      >>> from yoto_jax.nnx import LossWeights, search_functions
-      >>> class Model(nnx.Module):
-      ...     def __init__(self, config, rngs):
-      ...         self.theta = nnx.Param(jax.random.normal(rngs.params(), ()))
-      ...         weighting = yoto_jax.fixed_weights(config)
-      ...         self.loss_weights = LossWeights("a", ["b"], weighting=weighting)
-      >>> functions = search_functions(
-      ...     Model,
-      ...     optax.sgd(0.1),
-      ...     lambda model, key: {"a": (model.theta - 1) ** 2, "b": (model.theta + 1) ** 2},
-      ...     lambda model: -jnp.abs(model.theta[...]),
-      ... )
-      >>> result = yoto_jax.successive_halving(
-      ...     *functions, jnp.array([[1.0, 0.5], [1.0, 1.0]]), jax.random.key(0), total_steps=60
-      ... )
-      >>> result.best_index, round(float(result.best_state[0]["theta"][...]), 4)
-      (1, 0.0)
-    """
-    for name, function in (
-        ("make_model", make_model),
-        ("losses_fn", losses_fn),
-        ("metric_fn", metric_fn),
-    ):
-        if not callable(function):
-            raise TypeError(f"{name} must be a function, got {type(function).__name__}.")
-    if not callable(tx) and not isinstance(tx, optax.GradientTransformation):
-        raise TypeError(
-            f"tx must be an optax.GradientTransformation or a function config -> one, got "
-            f"{type(tx).__name__}."
-        )
-
-    def build(config: Any, key: jax.Array) -> tuple[nnx.Module, nnx.Optimizer]:
-        model = make_model(config, nnx.Rngs(key))
-        base = tx if isinstance(tx, optax.GradientTransformation) else tx(config)
-        optimizer = nnx.Optimizer(model, _loss_weights_of(model).optimizer(base), wrt=nnx.Param)
-        return model, optimizer
-
-    def graphdef(config: Any) -> nnx.GraphDef:
-        return nnx.graphdef(nnx.eval_shape(lambda: build(config, jax.random.key(0))))
-
-    def init_fn(config: Any, key: jax.Array) -> nnx.State:
-        return nnx.state(build(config, key))
-
-    def train_fn(state: nnx.State, config: Any, key: jax.Array, num_steps: int) -> nnx.State:
-        structure = graphdef(config)
-
-        def step(state: nnx.State, step_key: jax.Array) -> tuple[nnx.State, None]:
-            model, optimizer = nnx.merge(structure, state)
-            batch_key, weighting_key = jax.random.split(step_key)
-            train_step(
-                model,
-                optimizer,
-                _loss_weights_of(model),
-                lambda model: losses_fn(model, batch_key),
-                key=weighting_key,
-            )
-            return nnx.state((model, optimizer)), None
-
-        return jax.lax.scan(step, state, jax.random.split(key, num_steps))[0]
-
-    def eval_fn(state: nnx.State, config: Any) -> jax.Array:
-        model, _ = nnx.merge(graphdef(config), state)
-        return metric_fn(model)
-
-    return SearchFunctions(init_fn, train_fn, eval_fn)
-
-
-def _loss_weights_of(model: nnx.Module) -> LossWeights:
-    """The one :class:`LossWeights` inside ``model``."""
-    found = [node for _, node in nnx.iter_graph(model) if isinstance(node, LossWeights)]
-    if len(found) != 1:
-        raise ValueError(
-            "search_functions' make_model must return a model holding exactly one LossWeights "
-            f"(the objective the search weights), got {type(model).__name__} holding {len(found)}."
-        )
-    return found[0]
-
-
 def shared_params(
     selection: nnx.filterlib.Filter | Mapping[str, Any],
 ) -> Callable[[nnx.State], nnx.State]:
@@ -525,8 +388,8 @@ def shared_params(
     Under :func:`train_step` a method's ``shared`` is applied to an ``nnx.State``: the
     model's ``nnx.Param`` variables (GradNorm) or the optimizer's updates of them (the
     methods that act inside the optimizer, MGDA, PCGrad, CAGrad, ..., whose updates
-    include the :class:`LossWeights`' params). A plain bool tree such as ``{"trunk": True}`` does not match that
-    structure; this callable builds the matching mask from the variables' paths.
+    include the :class:`LossWeights`' params), which a plain bool tree such as
+    ``{"trunk": True}`` does not match; this builds the mask from the variables' paths.
 
     Args:
       selection: an NNX filter (``nnx.PathContains("trunk")``, a variable type, a
@@ -555,23 +418,17 @@ def shared_params(
     else:
         predicate = nnx.filterlib.to_predicate(selection)
 
+    def selects(path: tuple, variable: nnx.Variable) -> bool:
+        return not isinstance(variable, WeightingParam) and bool(predicate(path, variable))
+
     def mask(state: nnx.State) -> nnx.State:
         if not isinstance(state, nnx.State):
             raise TypeError(
-                f"shared_params selects variables of an nnx.State (under yoto_jax.nnx.train_step), "
+                "shared_params selects variables of an nnx.State (under yoto_jax.nnx.train_step), "
                 f"got {type(state).__name__}: for a plain pytree of params pass a bool tree."
             )
-        return nnx.from_flat_state(
-            [
-                (
-                    path,
-                    variable.replace(
-                        not isinstance(variable, WeightingParam) and bool(predicate(path, variable))
-                    ),
-                )
-                for path, variable in nnx.to_flat_state(state)
-            ]
-        )
+        flat = nnx.to_flat_state(state)
+        return nnx.from_flat_state([(p, v.replace(selects(p, v))) for p, v in flat])
 
     return mask
 
@@ -579,22 +436,15 @@ def shared_params(
 def _in_prefix(prefix: Mapping[str, Any], path: tuple, variable: Any) -> bool:
     """The bool that the nested mapping ``prefix`` gives the variable at ``path``."""
     node = prefix
-    for depth, name in enumerate(path):
-        if isinstance(node, bool):
-            return node
-        if not isinstance(node, Mapping) or name not in node:
-            where = "/".join(map(str, path[:depth])) or "the top"
-            keys = sorted(map(str, node)) if isinstance(node, Mapping) else node
-            raise ValueError(
-                f"shared_params: the prefix gives no bool for the parameter "
-                f"{'/'.join(map(str, path))!r}; at {where} it expects a bool or a mapping "
-                f"with the key {name!r}, got {keys!r} (one bool per module of the model, "
-                "nested as its attributes, e.g. {'trunk': True, 'heads': False})."
-            )
+    for name in path:
+        if isinstance(node, bool) or not isinstance(node, Mapping) or name not in node:
+            break
         node = node[name]
     if isinstance(node, bool):
         return node
+    found = sorted(map(str, node)) if isinstance(node, Mapping) else repr(node)
     raise ValueError(
-        f"shared_params: the prefix gives {node!r}, not a bool, for the parameter "
-        f"{'/'.join(map(str, path))!r}."
+        f"shared_params: the prefix gives no bool for the parameter {'/'.join(map(str, path))!r} "
+        f"(where it ends, it holds {found}): give one bool per module, nested as the model's "
+        "attributes, e.g. {'trunk': True, 'heads': False}."
     )
