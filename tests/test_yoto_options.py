@@ -139,6 +139,7 @@ def test_eps_per_auxiliary():
         ({"loss_floor": -0.1}, ValueError, "loss_floor"),
         ({"normalize": "max"}, ValueError, "normalize must be None or one of"),
         ({"normalize_decay": 1.0}, ValueError, "normalize_decay"),
+        ({"rho": lambda count: -5.0}, ValueError, r"rho \(a schedule, at step 0\)"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, error, message):

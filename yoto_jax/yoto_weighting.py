@@ -120,7 +120,7 @@ def yoto(
       Array([0.7495, 0.2505], dtype=float32)
     """
     _checks.positive_entries(eps, "eps")
-    _checks.non_negative(rho, "rho")
+    _checks.at_step_zero(_checks.non_negative, rho, "rho")
     _checks.unit_interval(loss_floor, "loss_floor", closed=True)
     if normalize is not None and normalize not in NORMALIZE_MODES:
         raise ValueError(f"normalize must be None or one of {NORMALIZE_MODES}, got {normalize!r}.")
