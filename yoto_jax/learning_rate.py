@@ -14,7 +14,7 @@ DEFAULT_META_LEARNING_RATE = 0.05
 """How far log α grows per step while consecutive gradient and direction agree, in nats."""
 
 SHRINK_RATIO = 10.0
-"""log α falls this many times faster than it grows (at the same |cosine|)."""
+"""log α falls this many times faster than it grows, for cosines of the same size."""
 
 
 class LearnedLearningRateState(NamedTuple):
