@@ -236,3 +236,11 @@ def test_bad_inputs_raise_clear_errors(kwargs, error, message):
     direction = arguments.pop("direction")
     with pytest.raises(error, match=message.replace("(", r"\(").replace(".", r"\.")):
         yoto_jax.learned_learning_rate(direction, **arguments)
+
+
+def test_learning_rate_of_finds_the_state_inside_a_trainer_and_names_a_missing_one():
+    tx = yoto_jax.learned_learning_rate(optax.scale_by_adam(), 3e-3)
+    state = yoto_jax.trainer(yoto_jax.yoto(), tx).init(jnp.zeros(2), 2)
+    np.testing.assert_allclose(yoto_jax.learning_rate_of(state.opt_state), 3e-3, rtol=1e-6)
+    with pytest.raises(ValueError, match="holds no LearnedLearningRateState"):
+        yoto_jax.learning_rate_of(optax.adam(1e-3).init(jnp.zeros(2)))

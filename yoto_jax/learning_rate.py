@@ -26,16 +26,30 @@ class LearnedLearningRateState(NamedTuple):
     count: jax.Array  # shape=(), int32
 
 
-def learning_rate_of(state: LearnedLearningRateState) -> jax.Array:
+def learning_rate_of(state: optax.OptState) -> jax.Array:
     """The step size α = exp(ν) the next update starts from (for logging).
+
+    ``state`` is a :class:`LearnedLearningRateState`, or any optimizer state holding
+    exactly one (e.g. a :func:`yoto_jax.trainer` state's ``opt_state``).
 
     Example:
       >>> import jax.numpy as jnp, optax, yoto_jax
       >>> tx = yoto_jax.learned_learning_rate(optax.identity(), 0.1)
       >>> round(float(yoto_jax.learning_rate_of(tx.init(jnp.zeros(2)))), 6)
       0.1
+      >>> train = yoto_jax.trainer(yoto_jax.yoto(), tx)
+      >>> round(float(yoto_jax.learning_rate_of(train.init(jnp.zeros(2), 2).opt_state)), 6)
+      0.1
     """
-    return jnp.exp(state.log_learning_rate)
+    if isinstance(state, LearnedLearningRateState):
+        return jnp.exp(state.log_learning_rate)
+    log_learning_rate = optax.tree_utils.tree_get(state, "log_learning_rate")  # raises if 2+
+    if log_learning_rate is None:
+        raise ValueError(
+            "state holds no LearnedLearningRateState: pass the state of an optimizer built "
+            "with yoto_jax.learned_learning_rate."
+        )
+    return jnp.exp(log_learning_rate)
 
 
 def _cosine(a: optax.Updates, b: optax.Updates) -> jax.Array:
