@@ -7,8 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import yoto_jax
 from benchmarks.suite import analysis
 from benchmarks.suite.candidates import CANDIDATES
 from yoto_jax.diagnostics import DEFAULT_OFF_FRACTION
@@ -52,7 +55,7 @@ def summarise(
                 entry["weights"] = np.mean(rows[method]["weights"], 0).tolist()
                 entry["train_losses"] = np.mean(rows[method]["train_losses"], 0).tolist()
                 entry["val_losses"] = np.mean(rows[method]["val_losses"], 0).tolist()
-                free = _free_weights(rows[method]["mu"])
+                free = np.asarray(jax.vmap(yoto_jax.loss_weights)(jnp.asarray(rows[method]["mu"])))
                 entry["switched_off_seeds"] = int(
                     np.sum(np.min(free[:, 1:], axis=1) < SWITCHED_OFF / free.shape[1])
                 )
@@ -85,13 +88,6 @@ def summarise(
         "choice": analysis.choose(z_equal, list(tasks)),
         "ranking": ranking,
     }
-
-
-def _free_weights(mu: np.ndarray) -> np.ndarray:
-    """softmax([0, µ]) per seed: the weights before any floor."""
-    logits = np.concatenate([np.zeros((mu.shape[0], 1)), mu], axis=1)
-    logits -= logits.max(1, keepdims=True)
-    return np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
 
 
 def _cell(paired: Mapping[str, Any], digits: int = 3) -> str:
