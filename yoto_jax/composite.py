@@ -63,7 +63,8 @@ def _full_logits(mu: jax.Array) -> jax.Array:
 
 UNIFORM = "uniform"
 """``primary_floor=UNIFORM``: m = 1/(K+1), the primary never weighs less than under
-uniform weights (the default of the Flax ``LossWeights`` modules)."""
+uniform weights (the default of :func:`yoto_jax.yoto` and the Flax ``LossWeights``
+modules until 2026-12-04)."""
 
 
 def resolve_floor(primary_floor: ArrayLike | str, num_aux: int) -> ArrayLike:
