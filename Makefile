@@ -18,10 +18,10 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(VENV)/bin/python benchmarks/run.py --quick --out results/quick
+	$(VENV)/bin/python -m benchmarks.run --quick --out results/quick
 
 bench: $(INSTALLED)
-	$(VENV)/bin/python benchmarks/run.py --out results/full
+	$(VENV)/bin/python -m benchmarks.run --out results/full
 
 # --dist loadfile: each test module runs in one worker, so its tests share the jitted
 # programs they compile instead of compiling them again in the other worker

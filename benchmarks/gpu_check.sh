@@ -64,25 +64,25 @@ stage tests "${TEST_S:-300}" "$PY" -m pytest -n "${WORKERS:-12}" --doctest-modul
 grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/pytest.log" | tail -30
 
 hlo=$(mktemp -d)
-stage overhead_b16 "${OVERHEAD_S:-180}" "$PY" benchmarks/overhead.py --control --rounds 15 \
+stage overhead_b16 "${OVERHEAD_S:-180}" "$PY" -m benchmarks.overhead --control --rounds 15 \
     --json "$OUT/overhead_b16.json" --hlo "$hlo"
-stage overhead_b256 "${OVERHEAD_S:-180}" "$PY" benchmarks/overhead.py --control --rounds 15 \
+stage overhead_b256 "${OVERHEAD_S:-180}" "$PY" -m benchmarks.overhead --control --rounds 15 \
     --batch 256 --only convnet,resnet --json "$OUT/overhead_b256.json"
 [[ -z $(ls "$hlo") ]] || tar -czf "$OUT/hlo.tar.gz" -C "$hlo" .
 for batch in ${SCAN_BATCHES:-16 256}; do
-    stage "scan_b$batch" "${SCAN_S:-120}" "$PY" benchmarks/overhead.py --control --rounds 11 \
+    stage "scan_b$batch" "${SCAN_S:-120}" "$PY" -m benchmarks.overhead --control --rounds 11 \
         --batch "$batch" --only convnet,resnet,k64 --steps-per-call 20 \
         --json "$OUT/scan_b$batch.json"
 done
 
 grid=$(mktemp -d)
-stage grid "${GRID_S:-150}" "$PY" benchmarks/run.py --scale quick --seeds 1 --methods grid_best \
+stage grid "${GRID_S:-150}" "$PY" -m benchmarks.run --scale quick --seeds 1 --methods grid_best \
     --no-studies --compilation-cache none --out "$grid"
 [[ ! -f $grid/results.json ]] || cp "$grid/results.json" "$OUT/grid.json"
 
 stage sharded "${SHARDED_S:-60}" "$PY" examples/sharded_training.py --steps 24
 
-stage methods "${METHODS_S:-150}" "$PY" benchmarks/method_overhead.py \
+stage methods "${METHODS_S:-150}" "$PY" -m benchmarks.method_overhead \
     ${METHODS:+--methods "$METHODS"} --json "$OUT/method_overhead.json"
 
 if ((${#failed[@]})); then

@@ -1,6 +1,6 @@
 """The per-step cost of each loss-weighting method relative to fixed weights.
 
-    python benchmarks/method_overhead.py [--task depth] [--rounds 7] [--methods a,b] [--json FILE]
+    python -m benchmarks.method_overhead [--task depth] [--rounds 7] [--methods a,b] [--json FILE]
 
 Each method's program is the benchmark's own (``harness.Programs``: the task's model,
 batches and Adam, one run), with the task cut to ``--steps`` training steps and one
@@ -18,10 +18,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 

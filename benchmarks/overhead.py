@@ -2,7 +2,7 @@
 against the same step with YOTO, timed in one process, interleaved, on the same model,
 batch and optimizer (Adam).
 
-    python benchmarks/overhead.py [--json FILE] [--rounds N] [--control]
+    python -m benchmarks.overhead [--json FILE] [--rounds N] [--control]
 
 Steps (:data:`VARIANTS`), each ``yoto_jax.trainer(weighting, optax.adam(1e-3))``:
 ``fixed`` (``yoto_jax.fixed_weights``, the weights YOTO starts from), ``yoto`` (the
@@ -32,7 +32,6 @@ import functools
 import json
 import re
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,10 +44,8 @@ import jax.numpy as jnp
 import optax
 
 import yoto_jax
-from yoto_jax.trainer import WEIGHTING
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `python benchmarks/...`
 from benchmarks.models import ConvNet, depth_conv_net, depth_loss_vector
+from yoto_jax.trainer import WEIGHTING
 
 LEARNING_RATE = 1e-3
 EPS = yoto_jax.DEFAULT_EPS

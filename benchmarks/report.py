@@ -1,6 +1,6 @@
 """results.md, the plots and the one-line summaries, from the results.json dictionary.
 
-python benchmarks/report.py DIR    # rewrites DIR/results.md and DIR/*.png from DIR/results.json
+python -m benchmarks.report DIR    # rewrites DIR/results.md and DIR/*.png from DIR/results.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Benchmark: one YOTO run against the best of a 9-run grid search and random search.
 
-    python benchmarks/run.py [--quick] [--tasks a,b] [--seeds N] [--out DIR]
+    python -m benchmarks.run [--quick] [--tasks a,b] [--seeds N] [--out DIR]
                              [--methods a,b] [--scale tiny|quick|full] [--no-studies]
                              [--no-sequential]
 
@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import jax
 import numpy as np

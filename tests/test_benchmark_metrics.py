@@ -1,11 +1,7 @@
 """The benchmark's losses and metrics against their definitions, computed by hand in NumPy."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import losses, metrics
 

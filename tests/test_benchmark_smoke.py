@@ -15,7 +15,6 @@ import pytest
 import yoto_jax
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the benchmarks package lives beside yoto_jax, uninstalled
 
 from benchmarks import harness, methods, regimes, studies, tasks
 from benchmarks.methods import yoto_config
@@ -26,7 +25,7 @@ CORE_METHODS = ("yoto", "grid_best", "random_best", "equal")
 
 def test_a_tiny_run_writes_consistent_results(tmp_path):
     """One run of the real command (a single test, so that pytest-xdist runs it once)."""
-    command = [sys.executable, "benchmarks/run.py", "--scale", "tiny", "--seeds", "2"]
+    command = [sys.executable, "-m", "benchmarks.run", "--scale", "tiny", "--seeds", "2"]
     command += ["--tasks", "multidigits", "--methods", ",".join(CORE_METHODS)]
     subprocess.run([*command, "--out", str(tmp_path)], cwd=ROOT, check=True, capture_output=True)
     data = json.loads((tmp_path / "results.json").read_text())

@@ -1,14 +1,9 @@
 """The regime map's pieces: grown training splits, one level on the tiny multidigits task,
 and its report rows."""
 
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks import regimes, report, tasks
 

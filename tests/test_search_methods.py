@@ -2,13 +2,8 @@
 exactly as the grid's run of the same configuration (same initialisation, batches and
 schedule), and both report their compute in member-steps."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks import harness, search_methods, tasks
 from benchmarks.methods import METHODS
