@@ -26,11 +26,13 @@ class LearnedLearningRateState(NamedTuple):
     count: jax.Array  # shape=(), int32
 
 
-def learning_rate_of(state: optax.OptState) -> jax.Array:
+def learning_rate_of(state: optax.OptState, group: str | None = None) -> jax.Array:
     """The step size α = exp(ν) the next update starts from (for logging).
 
     ``state`` is a :class:`LearnedLearningRateState`, or any optimizer state holding
-    exactly one (e.g. a :func:`yoto_jax.trainer` state's ``opt_state``).
+    one (e.g. a :func:`yoto_jax.trainer` state's ``opt_state``). With one α per
+    parameter group (:func:`learned_learning_rate` in each group of an
+    ``optax.partition``), ``group`` names the group's label.
 
     Example:
       >>> import jax.numpy as jnp, optax, yoto_jax
@@ -40,16 +42,38 @@ def learning_rate_of(state: optax.OptState) -> jax.Array:
       >>> train = yoto_jax.trainer(yoto_jax.yoto(), tx)
       >>> round(float(yoto_jax.learning_rate_of(train.init(jnp.zeros(2), 2).opt_state)), 6)
       0.1
+      >>> grouped = optax.partition(
+      ...     {"w": yoto_jax.learned_learning_rate(optax.identity(), 0.1),
+      ...      "b": yoto_jax.learned_learning_rate(optax.identity(), 0.01)},
+      ...     {"w": "w", "b": "b"})
+      >>> state = grouped.init({"w": jnp.zeros(2), "b": jnp.zeros(())})
+      >>> round(float(yoto_jax.learning_rate_of(state, "b")), 6)
+      0.01
     """
-    if isinstance(state, LearnedLearningRateState):
+    if isinstance(state, LearnedLearningRateState) and group is None:
         return jnp.exp(state.log_learning_rate)
-    log_learning_rate = optax.tree_utils.tree_get(state, "log_learning_rate")  # raises if 2+
-    if log_learning_rate is None:
+    found = {}  # the dict keys (partition labels) on the path to each ν -> ν
+    for path, value in optax.tree_utils.tree_get_all_with_path(state, "log_learning_rate"):
+        if getattr(path[-1], "tuple_name", None) == LearnedLearningRateState.__name__:
+            labels = tuple(key.key for key in path if isinstance(key, jax.tree_util.DictKey))
+            found[labels] = value
+    if not found:
         raise ValueError(
             "state holds no LearnedLearningRateState: pass the state of an optimizer built "
             "with yoto_jax.learned_learning_rate."
         )
-    return jnp.exp(log_learning_rate)
+    if group is not None:
+        matches = [value for labels, value in found.items() if group in labels]
+    else:
+        matches = list(found.values())
+    if len(matches) != 1:
+        groups = ", ".join(repr(labels[-1]) if labels else "()" for labels in found)
+        wanted = "one" if group is None else f"one under the label {group!r}"
+        raise ValueError(
+            f"state holds {len(found)} learned learning rates (groups {groups}), expected "
+            f"{wanted}: pass group= with the optax.partition label of the one to read."
+        )
+    return jnp.exp(matches[0])
 
 
 def _cosine(a: optax.Updates, b: optax.Updates) -> jax.Array:
@@ -92,6 +116,11 @@ def learned_learning_rate(
     symmetric rule overshoots that edge and blows up where this one does not
     (docs/learning_rate.md has the measurements). With ``meta_learning_rate=0`` this is
     ``optax.chain(direction, optax.scale_by_learning_rate(learning_rate))``.
+
+    One α per parameter group: put one ``learned_learning_rate`` in each group of an
+    ``optax.partition`` (its labels tree or function names the groups); each group's
+    cosine is then taken over its own parameters, and ``learning_rate_of(state, label)``
+    reads its α.
 
     Args:
       direction: the transformation producing the descent direction d_t, e.g.
