@@ -31,6 +31,7 @@ from yoto_jax.learning_rate import (
     learned_learning_rate,
     learning_rate_of,
 )
+from yoto_jax.method_search import MethodRung, MethodSearchResult, search_methods
 from yoto_jax.optimizer import DEFAULT_MU_LEARNING_RATE as DEFAULT_MU_LEARNING_RATE
 from yoto_jax.optimizer import yoto_optimizer
 from yoto_jax.search import (
@@ -54,6 +55,8 @@ __all__ = [
     "HalvingResult",
     "HyperparameterDecayState",
     "LearnedLearningRateState",
+    "MethodRung",
+    "MethodSearchResult",
     "NamedReport",
     "NonfiniteSkipState",
     "PBTHistory",
@@ -84,6 +87,7 @@ __all__ = [
     "regularizer_grad",
     "relative_weights",
     "report_names",
+    "search_methods",
     "stack_trees",
     "successive_halving",
     "trainer",

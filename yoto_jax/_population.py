@@ -7,7 +7,7 @@ A population is a pytree whose leaves have a leading axis N, one entry per membe
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -78,6 +78,14 @@ def search_inputs(
     """A search's common arguments checked: ``(configs as arrays, N, key as a typed key,
     maximize as a bool)``; ``functions`` maps argument names to what must be callables,
     and N must be at least ``minimum``."""
+    configs, num = search_members(functions, configs, minimum)
+    key = search_key(key, num)
+    maximize = _checks.boolean(maximize, "maximize")
+    return configs, num, key, maximize
+
+
+def search_members(functions: dict[str, Any], configs: Any, minimum: int) -> tuple[Any, int]:
+    """``(configs as arrays, N)`` checked, as :func:`search_inputs` does."""
     for name, function in functions.items():
         if not callable(function):
             raise TypeError(f"{name} must be a function, got {type(function).__name__}.")
@@ -87,13 +95,17 @@ def search_inputs(
             f"the search needs at least {minimum} member{'s' * (minimum > 1)} (the leading size "
             f"of configs), got {num}."
         )
+    return jax.tree.map(jnp.asarray, configs), num
+
+
+def search_key(key: ArrayLike, num: int) -> jax.Array:
+    """A search's one PRNG ``key`` checked (``num`` members) and made a typed key."""
     if _checks.key_axis(key, num, "key") is not None:
         raise ValueError(
             f"key must be one PRNG key (the search derives each member's keys from it), got "
             f"{num} keys."
         )
-    maximize = _checks.boolean(maximize, "maximize")
-    return jax.tree.map(jnp.asarray, configs), num, typed_key(key), maximize
+    return typed_key(key)
 
 
 def badness(scores: Any, maximize: bool, xp: Any = jnp) -> Any:
@@ -166,3 +178,76 @@ def take(tree: Any, positions: ArrayLike, out_sharding: NamedSharding | None) ->
 def one_member(tree: Any, index: ArrayLike) -> Any:
     """Member ``index`` of a population: every leaf's row, the leading axis removed."""
     return jax.tree.map(lambda leaf: leaf[index], tree)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def keys_per_rung(
+    key: jax.Array, num: int, num_rungs: int
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """:func:`member_keys` of members 0, ..., num - 1: their init keys (num,), and one
+    (num,) array of keys per rung."""
+    init_keys, rung_keys = member_keys(key, jnp.arange(num), num_rungs)
+    return init_keys, tuple(jnp.moveaxis(rung_keys, 1, 0))
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def init_program(init_fn: InitFn) -> Callable:
+    """``init_fn`` jitted and vmapped over the population."""
+    return jax.jit(jax.vmap(init_fn))
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def rung_program(train_fn: TrainFn, eval_fn: EvalFn, num_steps: int) -> Callable:
+    """The jitted, vmapped rung; jit compiles it once per population size and layout."""
+    return jax.jit(jax.vmap(train_and_score(train_fn, eval_fn, num_steps)))
+
+
+def rung_sizes(num: int, eta: int) -> list[int]:
+    """Population sizes per rung: N, then max(1, n // eta) until one is left."""
+    sizes = [num]
+    while sizes[-1] > 1:
+        sizes.append(max(1, sizes[-1] // eta))
+    return sizes
+
+
+def rung_lengths(
+    total_steps: Any, num_rungs: int, rung_steps: Sequence[int] | None, why: str
+) -> list[int]:
+    """Training steps per rung: ``rung_steps`` checked, or ``total_steps`` split evenly
+    (the later rungs get the remainder)."""
+    total_steps = _checks.positive_int(total_steps, "total_steps")
+    if rung_steps is None:
+        if total_steps < num_rungs:
+            raise ValueError(
+                f"total_steps too small for the rungs: {why} make {num_rungs} rungs of at least "
+                f"one step each, got total_steps={total_steps}."
+            )
+        base, extra = divmod(total_steps, num_rungs)
+        return [base] * (num_rungs - extra) + [base + 1] * extra
+    steps = [_checks.positive_int(s, "every entry of rung_steps") for s in rung_steps]
+    if len(steps) != num_rungs:
+        raise ValueError(
+            f"rung_steps must have one entry per rung: {why} make {num_rungs} rungs, got "
+            f"{len(steps)} entries."
+        )
+    if sum(steps) != total_steps:
+        raise ValueError(
+            f"rung_steps must sum to total_steps={total_steps}, got {steps} (sum {sum(steps)})."
+        )
+    return steps
+
+
+def abstract_population(
+    init_fn: InitFn, configs: Any, key: jax.Array, count: int, placement: Any = None
+) -> Any:
+    """The shapes, dtypes and placement (default: the first device) of ``count``
+    members' states from ``init_fn``, allocating nothing."""
+    members = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((count, *x.shape[1:]), x.dtype),
+        (configs, jax.ShapeDtypeStruct((count,), key.dtype)),
+    )
+    shapes = jax.eval_shape(init_program(init_fn), *members)
+    placement = placement or jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement), shapes
+    )

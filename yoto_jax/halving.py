@@ -14,9 +14,8 @@ References:
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -28,17 +27,20 @@ from jax.typing import ArrayLike
 
 from yoto_jax import _checks, _search_checkpoint
 from yoto_jax._population import (
-    CACHE_SIZE,
     EvalFn,
     InitFn,
     TrainFn,
+    abstract_population,
     badness,
     check_scores,
-    member_keys,
+    init_program,
+    keys_per_rung,
     one_member,
+    rung_lengths,
+    rung_program,
+    rung_sizes,
     search_inputs,
     take,
-    train_and_score,
 )
 
 
@@ -74,63 +76,6 @@ class HalvingResult(NamedTuple):
     best_state: Any
     member_steps: int
     history: tuple[Rung, ...]
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _keys_per_rung(
-    key: jax.Array, num: int, num_rungs: int
-) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    """:func:`member_keys` of members 0, ..., num - 1: their init keys (num,), and one
-    (num,) array of keys per rung."""
-    init_keys, rung_keys = member_keys(key, jnp.arange(num), num_rungs)
-    return init_keys, tuple(jnp.moveaxis(rung_keys, 1, 0))
-
-
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def _init_program(init_fn: InitFn) -> Callable:
-    """``init_fn`` jitted and vmapped over the population."""
-    return jax.jit(jax.vmap(init_fn))
-
-
-@functools.lru_cache(maxsize=CACHE_SIZE)
-def _rung_program(train_fn: TrainFn, eval_fn: EvalFn, num_steps: int) -> Callable:
-    """The jitted, vmapped rung; jit compiles it once per population size and layout."""
-    return jax.jit(jax.vmap(train_and_score(train_fn, eval_fn, num_steps)))
-
-
-def _rung_sizes(num: int, eta: int) -> list[int]:
-    """Population sizes per rung: N, then max(1, n // eta) until one is left."""
-    sizes = [num]
-    while sizes[-1] > 1:
-        sizes.append(max(1, sizes[-1] // eta))
-    return sizes
-
-
-def _rung_steps(
-    total_steps: Any, num_rungs: int, rung_steps: Sequence[int] | None, why: str
-) -> list[int]:
-    """Training steps per rung: ``rung_steps`` checked, or ``total_steps`` split evenly
-    (the later rungs get the remainder)."""
-    total_steps = _checks.positive_int(total_steps, "total_steps")
-    if rung_steps is None:
-        if total_steps < num_rungs:
-            raise ValueError(
-                f"total_steps too small for the rungs: {why} make {num_rungs} rungs of at least "
-                f"one step each, got total_steps={total_steps}."
-            )
-        base, extra = divmod(total_steps, num_rungs)
-        return [base] * (num_rungs - extra) + [base + 1] * extra
-    steps = [_checks.positive_int(s, "every entry of rung_steps") for s in rung_steps]
-    if len(steps) != num_rungs:
-        raise ValueError(
-            f"rung_steps must have one entry per rung: {why} make {num_rungs} rungs, got "
-            f"{len(steps)} entries."
-        )
-    if sum(steps) != total_steps:
-        raise ValueError(
-            f"rung_steps must sum to total_steps={total_steps}, got {steps} (sum {sum(steps)})."
-        )
-    return steps
 
 
 def _population_shardings(
@@ -293,9 +238,9 @@ def successive_halving(
         {"init_fn": init_fn, "train_fn": train_fn, "eval_fn": eval_fn}, configs, key, maximize, 1
     )
     eta = _checks.positive_int(eta, "eta", minimum=2)
-    sizes = _rung_sizes(num, eta)
+    sizes = rung_sizes(num, eta)
     why = f"{num} configurations with eta={eta}"
-    steps = _rung_steps(total_steps, len(sizes), rung_steps, why)
+    steps = rung_lengths(total_steps, len(sizes), rung_steps, why)
     replicated, split, num_shards = _population_shardings(mesh, axis)
     if stop_after_rung is not None:
         _checks.positive_int(stop_after_rung, "stop_after_rung")
@@ -314,15 +259,7 @@ def successive_halving(
 
     def abstract_states(count: int) -> Any:
         """The shapes, dtypes and placement of ``count`` members' states."""
-        members = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct((count, *x.shape[1:]), x.dtype),
-            (configs, jax.ShapeDtypeStruct((num,), key.dtype)),
-        )
-        shapes = jax.eval_shape(_init_program(init_fn), *members)
-        placement = replicated or jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        return jax.tree.map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement), shapes
-        )
+        return abstract_population(init_fn, configs, key, count, replicated)
 
     fingerprint = (
         {}
@@ -330,7 +267,7 @@ def successive_halving(
         else _fingerprint(configs, eta, maximize, sizes, steps, key, abstract_states(1))
     )
     with _search_checkpoint.checkpoint_manager(checkpoint_dir, fingerprint) as manager:
-        init_keys, rung_keys = _keys_per_rung(key, num, len(sizes))
+        init_keys, rung_keys = keys_per_rung(key, num, len(sizes))
         if replicated is not None:
             configs_on_mesh, init_keys, rung_keys = jax.device_put(
                 (configs, init_keys, rung_keys), replicated
@@ -351,11 +288,11 @@ def successive_halving(
                 break
             if states is None:
                 initial = population((configs_on_mesh, init_keys), survivors)
-                states = place(_init_program(init_fn)(*initial))
+                states = place(init_program(init_fn)(*initial))
             elif split is not None:  # survivors are gathered unsplit; split them again
                 states = population(states, np.arange(len(survivors)))
             members = population((configs_on_mesh, rung_keys[rung]), survivors)
-            states, scores = _rung_program(train_fn, eval_fn, steps[rung])(states, *members)
+            states, scores = rung_program(train_fn, eval_fn, steps[rung])(states, *members)
             scores = np.asarray(scores)[: len(survivors)]
             check_scores(scores, f"after rung {rung} (of {len(sizes)}, {steps[rung]} steps)")
             order = np.lexsort((survivors, badness(scores, maximize, np)))
