@@ -278,6 +278,10 @@ def changes_the_state(state, config, key, num_steps):
     return {"theta": state["theta"], "count": state["count"].astype(jnp.float32)}
 
 
+def ignores_num_steps(state, config, key, num_steps):
+    return sgd_train(state, config, key, 1)
+
+
 def vector_score(state, config):
     return state["theta"]
 
@@ -315,6 +319,13 @@ SGD = FAMILIES["sgd"]
             {},
             ValueError,
             "family 'sgd': eval_fn must return one scalar score per member, got shape",
+        ),
+        (
+            {"sgd": (SGD[0], ignores_num_steps, *SGD[2:])},
+            {},
+            ValueError,
+            r"family 'sgd': train_fn was asked for num_steps=6 steps, but member 0's step "
+            r"counters advanced \['count'\] by 1",
         ),
         (FAMILIES, {"eta": 1}, ValueError, "eta"),
         (

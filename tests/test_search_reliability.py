@@ -15,11 +15,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from _search_worker import count_eval, count_init, count_train
 from _toy import assert_trees_equal
+from flax import nnx
 
 from yoto_jax import population_based_training, successive_halving
+from yoto_jax._population import check_step_counters, step_counters
 
 KEY = jax.random.key(0)
 CONFIGS = jnp.arange(1.0, 10.0)[:, None]  # 9 members, the last is the best
@@ -214,16 +217,47 @@ def test_train_fn_must_keep_the_state_shapes():
         successive_halving(count_init, train, count_eval, CONFIGS, KEY, **STEPS)
 
 
-def test_member_steps_count_the_steps_asked_for():
-    """``member_steps`` is the plan's count: a train_fn that ignores ``num_steps`` is not
-    detected by the search (docs/search.md), but by the state's own step counter."""
+def one_step(state: dict, config: Any, key: Any, num_steps: int) -> dict:
+    """A train_fn that ignores ``num_steps``: one step whatever it is asked."""
+    return count_train(state, config, key, 1)
 
-    def one_step(state, config, key, num_steps):
-        return count_train(state, config, key, 1)
 
-    result = successive_halving(count_init, one_step, count_eval, CONFIGS, KEY, **STEPS)
-    assert result.member_steps == (9 + 4 + 2 + 1) * 3
-    assert int(result.best_state["steps"]) == 4  # one step per rung, not 12
+def test_a_train_fn_that_ignores_num_steps_is_caught_by_the_step_counter():
+    """The state counts its steps (``"steps"``, like an Optax state's ``count``): after
+    the first rung (3 steps asked) it reads 1, and the search says so."""
+    with pytest.raises(
+        ValueError,
+        match=r"asked for num_steps=3 steps, but member 0's step counters advanced \['steps'\] by 1",
+    ):
+        successive_halving(count_init, one_step, count_eval, CONFIGS, KEY, **STEPS)
+
+
+def population_states(adam_count: Any, nnx_step: Any) -> dict:
+    """Four members' states with an Adam count, an NNX step and leaves that are not
+    counters."""
+    wrapped = jax.vmap(optax.apply_if_finite(optax.adam(1e-3), 3).init)(jnp.zeros((4, 2)))
+    adam = jax.vmap(optax.adam(1e-3).init)(jnp.zeros((4, 2)))
+    return {
+        "wrapped": wrapped,  # apply_if_finite: its inner count does not count skipped steps
+        "adam": (adam[0]._replace(count=jnp.asarray(adam_count, jnp.int32)), adam[1]),
+        "nnx": {"step": nnx.Variable(jnp.asarray(nnx_step, jnp.uint32))},
+        "steps": jnp.zeros(4),  # a float
+        "count": jnp.zeros((4, 2), jnp.int32),  # not one scalar per member
+    }
+
+
+def test_step_counters_are_read_where_they_are_reliable():
+    """Optax's ``count`` and NNX's ``step`` are counters (a trailing ``.value`` skipped);
+    a wrapped optimizer's (``apply_if_finite``: skipped steps do not count) is not, nor a
+    float or a per-parameter leaf."""
+    before = population_states(np.zeros(4), np.zeros(4))
+    assert sorted(step_counters(before)) == ["['adam'][0].count", "['nnx']['step'].value"]
+    # One counter reading 5 for every member is enough (the wrapped one never matters).
+    check_step_counters(before, population_states(np.full(4, 5), [5, 5, 5, 4]), 5, 4)
+    lagging = population_states([5, 5, 5, 4], [5, 5, 5, 4])
+    with pytest.raises(ValueError, match=r"member 3's step counters advanced \['adam'\]"):
+        check_step_counters(before, lagging, 5, 4)
+    check_step_counters(before, lagging, 5, 3)  # member 3 is padding
 
 
 def test_numpy_ints_are_accepted_where_ints_are(uninterrupted, tmp_path):

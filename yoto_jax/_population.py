@@ -251,3 +251,61 @@ def abstract_population(
     return jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=placement), shapes
     )
+
+
+STEP_COUNTERS = ("count", "step", "steps")
+"""Names of the integer leaves read as a state's step counter (an Optax state's
+``count``, an ``nnx.Optimizer``'s ``step``, a hand-written ``"steps"``)."""
+WRAPPERS = ("inner_state", "inner_opt_state")
+"""Fields under which a counter may lag the steps (``optax.apply_if_finite``,
+``optax.MultiSteps``, the trainer's ``NonfiniteSkipState``): not checked."""
+
+
+def _name(key: Any) -> str | None:
+    """The name of one path entry: a dict key, an attribute or a field."""
+    for attribute in ("key", "name"):
+        value = getattr(key, attribute, None)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def step_counters(states: Any) -> dict[str, np.ndarray]:
+    """The step counters of a population's states: integer leaves with one scalar per
+    member whose name (the last, a trailing ``.value`` of NNX skipped) is one of
+    :data:`STEP_COUNTERS`, outside :data:`WRAPPERS`; by path."""
+    found = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(states):
+        names = [_name(key) for key in path]
+        while names and names[-1] in ("value", "raw_value"):
+            names.pop()
+        if (
+            names
+            and names[-1] in STEP_COUNTERS
+            and not set(names) & set(WRAPPERS)
+            and jnp.ndim(leaf) == 1
+            and jnp.issubdtype(leaf.dtype, jnp.integer)
+        ):
+            found[jax.tree_util.keystr(path)] = np.asarray(leaf, np.int64)
+    return found
+
+
+def check_step_counters(before: Any, after: Any, num_steps: int, count: int) -> None:
+    """Raises when the states carry step counters and, for one of the first ``count``
+    members, none of them advanced by ``num_steps`` from ``before`` to ``after``: its
+    ``train_fn`` did not run the ``num_steps`` steps it was asked for."""
+    old, new = step_counters(before), step_counters(after)
+    if not old:
+        return
+    moved = {path: new[path][:count] - old[path][:count] for path in old}
+    honoured = np.any([delta == num_steps for delta in moved.values()], axis=0)
+    if np.all(honoured):
+        return
+    member = int(np.argmin(honoured))
+    seen = ", ".join(f"{path} by {int(delta[member])}" for path, delta in moved.items())
+    raise ValueError(
+        f"train_fn was asked for num_steps={num_steps} steps, but member {member}'s step "
+        f"counters advanced {seen}: train_fn must run exactly num_steps steps (e.g. "
+        "lax.scan(..., length=num_steps)); otherwise the rungs' lengths, member_steps and a "
+        "schedule over total_steps are all wrong."
+    )

@@ -33,6 +33,7 @@ from yoto_jax._population import (
     abstract_population,
     badness,
     check_scores,
+    check_step_counters,
     init_program,
     keys_per_rung,
     one_member,
@@ -207,8 +208,12 @@ def successive_halving(
         ``total_steps``, ``eta``, ``rung_steps``, ``mesh`` or ``axis``, or a
         ``checkpoint_dir`` that holds another search or other files; when the first
         rung is traced, for an ``eval_fn`` that returns a non-scalar or a ``train_fn``
-        that changes the state's shapes or dtypes; after a rung whose every score is
-        NaN.
+        that changes the state's shapes or dtypes; after the first rung, for a
+        ``train_fn`` that did not run ``num_steps`` steps by the state's own step
+        counters (integer leaves per member named ``count``, ``step`` or ``steps``, as
+        an Optax state's or an ``nnx.Optimizer``'s, outside a wrapper's
+        ``inner_state``; at least one must have advanced by ``num_steps``); after a
+        rung whose every score is NaN.
       RuntimeError: while another process holds ``checkpoint_dir``.
 
     Example:
@@ -292,7 +297,10 @@ def successive_halving(
             elif split is not None:  # survivors are gathered unsplit; split them again
                 states = population(states, np.arange(len(survivors)))
             members = population((configs_on_mesh, rung_keys[rung]), survivors)
-            states, scores = rung_program(train_fn, eval_fn, steps[rung])(states, *members)
+            trained, scores = rung_program(train_fn, eval_fn, steps[rung])(states, *members)
+            if rung == 0:
+                check_step_counters(states, trained, steps[rung], len(survivors))
+            states = trained
             scores = np.asarray(scores)[: len(survivors)]
             check_scores(scores, f"after rung {rung} (of {len(sizes)}, {steps[rung]} steps)")
             order = np.lexsort((survivors, badness(scores, maximize, np)))

@@ -34,6 +34,7 @@ from yoto_jax._population import (
     abstract_population,
     badness,
     check_scores,
+    check_step_counters,
     init_program,
     keys_per_rung,
     one_member,
@@ -293,6 +294,10 @@ def search_methods(
                     trained, scores = rung_program(train_fn, eval_fn, steps[rung])(
                         states[name], *members
                     )
+                    if rung == 0:
+                        check_step_counters(
+                            states[name], trained, steps[rung], len(survivors[name])
+                        )
                 states[name] = trained
                 ranked += [
                     (name, i, s) for i, s in zip(survivors[name], np.asarray(scores), strict=True)
