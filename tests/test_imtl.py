@@ -125,6 +125,36 @@ def test_degenerate_gradients_give_the_balanced_update_without_nans():
     np.testing.assert_array_equal(apply(tx, np.zeros((3, 4))), 0.0)
 
 
+@pytest.mark.parametrize("angle", [np.pi - 5e-4, np.pi - 1e-2, 5e-4])
+def test_nearly_opposite_or_parallel_pairs_keep_the_closed_form(angle):
+    """g₂ = 2(cos a, sin a) against g₁ = e₁: α = (2/3, 1/3) for every a. The cosine
+    matrix's 1 + cos a (or 1 - cos a) is below float32's resolution here; an
+    eigendecomposition of it returned α = 0 for a = π − 5e-4."""
+    grads = np.array([[1.0, 0.0], [2.0 * np.cos(angle), 2.0 * np.sin(angle)]], np.float32)
+    expected = imtl_g_reference(grads)
+    np.testing.assert_allclose(expected, [2.0 / 3.0, 1.0 / 3.0], rtol=1e-7)  # float32 rows
+    np.testing.assert_allclose(bl.imtl_g_weights_from_gradients(grads), expected, rtol=1e-6)
+    np.testing.assert_allclose(bl.imtl_g_weights(grads @ grads.T), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("num_tasks", [3, 5, 10])
+def test_clustered_gradients_with_spread_norms_match_float64(num_tasks, rng):
+    """Rows within 1 % of one direction (either sign), norms over 1e-2 … 1e3: α within
+    1e-4 of the float64 reference on the same float32 gradients, relative to its largest
+    entry (perturbing the rows by one float32 ulp moves the reference by ~1e-5 here).
+    The paper's formula evaluated in float32 is off by up to 8e-2 (T = 5) and 3.6 (T = 10)."""
+    solve = jax.jit(bl.imtl_g_weights_from_gradients)
+    for _ in range(10):
+        base = rng.normal(size=40)
+        grads = (base + 1e-2 * rng.normal(size=(num_tasks, 40))) * 10 ** rng.uniform(
+            -2, 3, size=(num_tasks, 1)
+        )
+        grads = (grads * rng.choice([-1.0, 1.0], size=(num_tasks, 1))).astype(np.float32)
+        expected = imtl_g_reference(grads)
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(solve(grads), expected, rtol=0, atol=1e-4 * scale)
+
+
 # IMTL-L and the hybrid, several steps of SGD through yoto_jax.trainer, against a NumPy
 # reimplementation of the paper's Alg. 1 on a model with a shared trunk and one head per task.
 
@@ -279,11 +309,12 @@ def test_bad_input_is_rejected_with_a_clear_error(call, error, message):
 @pytest.mark.parametrize("scope", [None, "tensorfloat32", "bfloat16"])
 def test_every_product_is_at_highest_precision(scope):
     """XLA:CPU computes float32 dots fully whatever they ask, so only the lowered program
-    shows it: every dot (Gram matrix, M⁺n, the combination) must ask for HIGHEST, also
-    under a lowered default (on GPUs float32 matmuls otherwise run in TF32)."""
+    shows it: every dot (the cosines to the first gradient, the solve, the combination) must
+    ask for HIGHEST, also under a lowered default (on GPUs float32 matmuls otherwise run in
+    TF32). The distances are sums of squares, not dots."""
     tx = bl.imtl_transformation(True)
 
-    assert_every_dot_is_highest(lambda g: apply_traced(tx, g), jnp.ones((4, 10)), scope, 4)
+    assert_every_dot_is_highest(lambda g: apply_traced(tx, g), jnp.ones((4, 10)), scope, 3)
 
 
 def test_the_docstring_examples_run():

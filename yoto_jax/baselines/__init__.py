@@ -45,6 +45,7 @@ from yoto_jax.baselines.gradnorm import GradNormState, gradnorm, gradnorm_balanc
 from yoto_jax.baselines.imtl import (
     imtl,
     imtl_g_weights,
+    imtl_g_weights_from_gradients,
     imtl_scaled_losses,
     imtl_transformation,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "gradnorm_balance_loss",
     "imtl",
     "imtl_g_weights",
+    "imtl_g_weights_from_gradients",
     "imtl_scaled_losses",
     "imtl_transformation",
     "mgda",

@@ -30,8 +30,8 @@ from yoto_jax import _checks
 from yoto_jax.baselines._gradients import (
     checked_gram,
     dot,
-    gram_transformation,
     manipulated_gradients,
+    manipulation_transformation,
     manipulation_weighting,
 )
 from yoto_jax.weighting import Weighting, WeightingStep, loss_vector, objective_weighting
@@ -46,37 +46,40 @@ MODES = ("hybrid", "gradient", "loss")
 def imtl_g_weights(gram: ArrayLike) -> jax.Array:
     r"""IMTL-G's α from the Gram matrix :math:`M = G G^\top` of the task gradients.
 
-    The conditions :math:`d \cdot u_i = c` for every i, with :math:`d = G^\top α`, read
-    :math:`M α = c\, n` for the norms :math:`n_i = \lVert g_i \rVert`, so
+    IMTL-G asks for :math:`d = G^\top α` with :math:`\sum_i α_i = 1` and the same
+    projection :math:`p = d \cdot u_i` on every unit gradient
+    :math:`u_i = g_i / \lVert g_i \rVert`; the paper's closed form is
+    :math:`α_{2:T} = g_1 U^\top (D U^\top)^{-1}`, :math:`α_1 = 1 - \sum_{t \ge 2} α_t`
+    (D the differences :math:`g_1 - g_t`, U those of the unit gradients). With
+    :math:`β_i = α_i \lVert g_i \rVert` (rescaled to sum to 1) and the halved squared
+    distances :math:`E_{ij} = \tfrac12 \lVert u_i - u_j \rVert^2 = 1 - \cos(g_i, g_j)`,
+    the conditions read
 
     .. math::
-        α = \frac{M^{+} n}{\mathbf{1}^\top M^{+} n},
+        E β = q \mathbf 1, \qquad \mathbf 1^\top β = 1, \qquad
+        α = \frac{N^{-1} β}{\mathbf 1^\top N^{-1} β},
 
-    the paper's closed form :math:`α_{2:T} = g_1 U^\top (D U^\top)^{-1}`,
-    :math:`α_1 = 1 - \sum_{t \ge 2} α_t` (D the differences :math:`g_1 - g_t`, U those of
-    the unit gradients) whenever the gradients are linearly independent. It is
-    computed as :math:`M^+ n = N^{-1} C^+ \mathbf{1}` from one eigendecomposition of the
-    cosine matrix :math:`C = N^{-1} M N^{-1}` (N = diag(n)), whose conditioning, unlike
-    M's, does not degrade with the spread of the gradients' norms; :math:`C^+` keeps the
-    eigenvalues above :math:`T ε \max|λ|` (``torch.linalg.pinv``'s threshold). Where the
-    gradients are dependent the paper's formula is singular or undefined, and this is
-    the generalisation of TorchJD's ``IMTLG`` (Quinton and Rey 2024, a pseudo-inverse),
-    refined so that the update keeps IMTL-G's defining property where it can:
+    a (T + 1)-square linear system in (β, q), solved through its SVD with the
+    singular values below :math:`(T + 1) ε σ_{\max}` dropped (E scaled to a largest
+    entry of 1 first). This is the paper's α wherever its formula is defined, and it
+    stays well conditioned where the paper's and the cosine matrix's inverse are not:
+    nearly opposite gradients (:math:`1 + \cos` vanishes, E does not) and, given the
+    gradients themselves (:func:`imtl_g_weights_from_gradients`, which computes E from
+    the differences of the unit vectors), nearly parallel ones. From the Gram matrix,
+    E's entries near 0 carry the cancellation of :math:`1 - \cos`: prefer the
+    gradients when you have them. Where the formula is not defined:
 
     * a task whose gradient is zero gets α = 0 and the others are balanced among
       themselves (the paper's formula divides by its zero norm);
-    * if :math:`\mathbf 1` lies outside the range of C (n outside that of M), no
-      combination has equal nonzero projections (e.g. opposite parallel gradients, or
-      T > the number of shared parameters) and the only balanced update is d = 0,
-      which the paper's formula also gives where it is defined: α = 0 (TorchJD returns
-      a least-squares α whose projections differ);
-    * parallel gradients of one direction get :math:`α \propto 1 / n`, the limit of the
-      two-task closed form as the angle closes (every combination balances them);
-    * if :math:`\mathbf{1}^\top M^+ n` vanishes (to rounding), α = 0 (as TorchJD).
+    * where no update has equal nonzero projections (opposite parallel gradients,
+      T > the number of shared parameters) the solution is the limit of nearby
+      problems, whose update is d = 0;
+    * parallel gradients of one direction share their part: for T = 2,
+      :math:`α \propto 1 / n`, the limit of the closed form as the angle closes;
+    * if :math:`\mathbf 1^\top N^{-1} β` vanishes (to rounding), α = 0 (as TorchJD).
 
-    α may have negative entries, and the common projection :math:`c = 1 / \mathbf
-    1^\top M^+ n` is negative when that sum is (then d raises every loss to first
-    order): the paper's closed form, kept as published.
+    α may have negative entries, and p may be negative (then d raises every loss to
+    first order): the paper's closed form, kept as published.
 
     Args:
       gram: M, shape (T, T), symmetric positive semi-definite.
@@ -94,29 +97,97 @@ def imtl_g_weights(gram: ArrayLike) -> jax.Array:
     References:
       Liu, Li, Kuang, Xue, Chen, Yang, Liao and Zhang, "Towards Impartial Multi-task
       Learning", ICLR 2021, Alg. 1; Quinton and Rey, "Jacobian Descent for
-      Multi-Objective Optimization", 2024 (TorchJD's ``IMTLG``).
+      Multi-Objective Optimization", 2024 (TorchJD's ``IMTLG``, a pseudo-inverse).
     """
     gram = checked_gram(gram)
-    num_losses = gram.shape[0]
-    eps = jnp.finfo(gram.dtype).eps
     norms = jnp.sqrt(jnp.maximum(jnp.diagonal(gram), 0.0))
-    nonzero = norms > 0
-    inverse_norms = jnp.where(nonzero, 1.0 / jnp.where(nonzero, norms, 1.0), 0.0)
-    # M⁺n = N⁻¹C⁺1 with C = N⁻¹MN⁻¹ the cosines: C's conditioning does not suffer from
-    # the spread of the gradients' norms (M's is that of C times the norms' ratio squared).
+    inverse_norms = _inverse(norms)
     cosines = gram * inverse_norms[:, None] * inverse_norms[None, :]
-    ones = nonzero.astype(gram.dtype)
-    eigenvalues, eigenvectors = jnp.linalg.eigh(cosines)
-    keep = jnp.abs(eigenvalues) > num_losses * eps * jnp.max(jnp.abs(eigenvalues))
-    inverse = jnp.where(keep, 1.0 / jnp.where(keep, eigenvalues, 1.0), 0.0)
-    coordinates = dot(ones, eigenvectors)  # Vᵀ1
-    v = inverse_norms * dot(eigenvectors, inverse * coordinates)  # N⁻¹C⁺1 = M⁺n
-    outside = dot(eigenvectors, jnp.where(keep, 0.0, coordinates))  # 1 minus its part in range(C)
-    unbalanced = jnp.linalg.norm(outside) > jnp.sqrt(eps) * jnp.linalg.norm(ones)
+    signs = _signs(cosines[jnp.argmax(norms > 0)])
+    aligned = cosines * signs[:, None] * signs[None, :]
+    return _balanced_weights(jnp.clip(1.0 - aligned, 0.0, 2.0), norms, signs)
+
+
+def imtl_g_weights_from_gradients(grads: ArrayLike) -> jax.Array:
+    r"""IMTL-G's α (:func:`imtl_g_weights`) from the task gradients themselves.
+
+    The same α, with the distances :math:`E_{ij} = \tfrac12 \lVert u_i - u_j \rVert^2`
+    computed from the differences of the unit gradients (one row at a time, so memory
+    stays T x n) rather than as :math:`1 - \cos`: exact to rounding for nearly parallel
+    gradients too. :func:`imtl_transformation` uses it.
+
+    Args:
+      grads: G, shape (T, n), one gradient per row.
+
+    Returns:
+      α, shape (T,), summing to 1 (or zeros, see :func:`imtl_g_weights`).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from yoto_jax.baselines.imtl import imtl_g_weights_from_gradients
+      >>> imtl_g_weights_from_gradients(jnp.array([[1.0, 0.0], [0.0, 3.0]])).round(6)
+      Array([0.75, 0.25], dtype=float32)
+    """
+    grads = _checks.floating_array(grads, "grads")
+    if grads.ndim != 2 or grads.shape[0] < 1:
+        raise ValueError(f"grads must be a (T, n) matrix, one row per task, got {grads.shape}.")
+    grads = grads.astype(_checks.compute_dtype(grads))
+    norms = jnp.sqrt(jnp.sum(grads * grads, axis=1))
+    units = grads * _inverse(norms)[:, None]
+    signs = _signs(dot(units, units[jnp.argmax(norms > 0)]))
+    units = units * signs[:, None]
+    distances = jax.lax.map(lambda unit: 0.5 * jnp.sum((units - unit) ** 2, axis=1), units)
+    return _balanced_weights(distances, norms, signs)
+
+
+def _inverse(norms: jax.Array) -> jax.Array:
+    """1 / n where n > 0, else 0."""
+    nonzero = norms > 0
+    return jnp.where(nonzero, 1.0 / jnp.where(nonzero, norms, 1.0), 0.0)
+
+
+def _balanced_weights(distances: jax.Array, norms: jax.Array, signs: jax.Array) -> jax.Array:
+    """α from the halved squared distances E of the sign-aligned unit gradients
+    :math:`s_i u_i`, the norms and the signs s (each ±1)."""
+    num_losses = norms.shape[0]
+    dtype = distances.dtype
+    eps = jnp.finfo(dtype).eps
+    nonzero = norms > 0
+    both = nonzero[:, None] & nonzero[None, :]
+    largest = jnp.max(jnp.where(both, distances, 0.0))
+    scale = jnp.where(largest > 0, largest, 1.0)
+    scaled = jnp.where(both, distances / scale, 0.0)
+    # A task with a zero gradient gets the equation γ_i = 0 and leaves the others.
+    block = jnp.where(jnp.eye(num_losses, dtype=bool) & ~nonzero[:, None], 1.0, scaled)
+    signs = jnp.where(nonzero, signs, 0.0).astype(dtype)
+    plus, minus = (signs > 0).astype(dtype), (signs < 0).astype(dtype)
+    # With γ = Sβ, a = 1ᵀγ and E scaled to a largest entry of 1: Eγ = q₊ on the tasks of
+    # sign +1 and q₋ on those of sign -1 (q± = (a ∓ p) / scale), a = scale (q₊ + q₋) / 2
+    # (q₋ = 0 when every sign is +1) and sᵀγ = 1 (Σβ = 1).
+    zero = jnp.zeros((1, 1), dtype)
+    if_minus = jnp.any(minus > 0)
+    half = jnp.where(if_minus, -0.5 * scale, 0.0)[None, None]
+    relation = jnp.where(if_minus, nonzero.astype(dtype), 0.0)[None, :]
+    system = jnp.block(
+        [
+            [block, -plus[:, None], -minus[:, None]],
+            [relation, half, jnp.where(if_minus, half, 1.0)],
+            [signs[None, :], zero, zero],
+        ]
+    )
+    left, singular_values, right = jnp.linalg.svd(system)
+    keep = singular_values > (num_losses + 2) * eps * singular_values[0]
+    inverse = jnp.where(keep, 1.0 / jnp.where(keep, singular_values, 1.0), 0.0)
+    solution = dot(right.T, inverse * left[-1])  # the system's pseudo-inverse times e_{T+2}
+    v = _inverse(norms) * signs * solution[:num_losses]
     total = jnp.sum(v)
     vanishing = jnp.abs(total) <= num_losses * eps * jnp.sum(jnp.abs(v))
-    degenerate = unbalanced | vanishing
-    return jnp.where(degenerate, 0.0, v / jnp.where(degenerate, 1.0, total))
+    return jnp.where(vanishing, 0.0, v / jnp.where(vanishing, 1.0, total))
+
+
+def _signs(cosines_to_first: jax.Array) -> jax.Array:
+    """s_i = ±1 so that s_i u_i leans toward the first nonzero gradient."""
+    return jnp.where(cosines_to_first < 0, -1.0, 1.0)
 
 
 def imtl_transformation(shared: Any) -> optax.GradientTransformationExtraArgs:
@@ -127,7 +198,7 @@ def imtl_transformation(shared: Any) -> optax.GradientTransformationExtraArgs:
         d \cdot \frac{g_i}{\lVert g_i \rVert} = d \cdot \frac{g_j}{\lVert g_j \rVert}
         \ \ \forall i, j,
 
-    on the shared parameters, with α in closed form (:func:`imtl_g_weights`); the
+    on the shared parameters, with α in closed form (:func:`imtl_g_weights_from_gradients`); the
     other leaves keep ``updates``, the sum of the task gradients (LibMTL's task heads
     get their own loss's gradient). For T = 2, :math:`α = (n_2, n_1) / (n_1 + n_2)`
     and d bisects the two gradients. The direction does not depend on the losses'
@@ -160,7 +231,11 @@ def imtl_transformation(shared: Any) -> optax.GradientTransformationExtraArgs:
       Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, Sec. 3.2 and
       Alg. 1; LibMTL's ``IMTL``.
     """
-    return gram_transformation("imtl_transformation", shared, imtl_g_weights)
+
+    def combine(grads: jax.Array, state: optax.EmptyState):
+        return dot(imtl_g_weights_from_gradients(grads), grads), state
+
+    return manipulation_transformation("imtl_transformation", shared, optax.EmptyState, combine)
 
 
 def imtl_scaled_losses(log_scales: ArrayLike, losses: ArrayLike) -> jax.Array:
