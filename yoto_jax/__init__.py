@@ -34,6 +34,7 @@ from yoto_jax.learning_rate import (
 from yoto_jax.method_search import MethodRung, MethodSearchResult, search_methods
 from yoto_jax.optimizer import DEFAULT_MU_LEARNING_RATE as DEFAULT_MU_LEARNING_RATE
 from yoto_jax.optimizer import yoto_optimizer
+from yoto_jax.representation import RepresentationLosses, representation_losses
 from yoto_jax.search import (
     HalvingResult,
     PBTHistory,
@@ -61,6 +62,7 @@ __all__ = [
     "NonfiniteSkipState",
     "PBTHistory",
     "PBTResult",
+    "RepresentationLosses",
     "Rung",
     "StepLog",
     "Trainer",
@@ -87,6 +89,7 @@ __all__ = [
     "regularizer_grad",
     "relative_weights",
     "report_names",
+    "representation_losses",
     "search_methods",
     "stack_trees",
     "successive_halving",

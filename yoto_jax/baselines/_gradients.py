@@ -17,6 +17,11 @@ their plumbing, written once:
   :math:`G G^\top`, and :func:`manipulation_weighting`, a transformation as a
   :class:`~yoto_jax.Weighting`.
 
+In representation mode (``losses_fn`` from :func:`yoto_jax.representation_losses`)
+:func:`manipulated_gradients` combines the per-loss gradients of the representation z
+instead (:mod:`yoto_jax.representation`): the transformation's ``update`` with
+``combine_all=True`` acts on every leaf of z, then one VJP through the trunk.
+
 Every product of gradients (the Gram matrix, the solvers' T-vector products, the
 combinations :math:`\sum_i α_i g_i`) runs at ``jax.lax.Precision.HIGHEST``: on GPUs
 float32 matmuls default to TF32 (10-bit mantissa), which put errors of 3e-4 (3e-2
@@ -35,10 +40,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from yoto_jax import _checks
 from yoto_jax.baselines._common import NumLosses, selected_leaves
+from yoto_jax.representation import RepresentationLosses, representation_gradients
 from yoto_jax.weighting import LossesFn, Params, Weighting, WeightingStep, loss_vector
 
 Combine = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
@@ -49,8 +56,21 @@ HIGHEST = jax.lax.Precision.HIGHEST
 
 def dot(a: jax.Array, b: jax.Array) -> jax.Array:
     """``a @ b`` at full float32 precision, whatever the backend's or the scope's default
-    (no TF32 or bfloat16 passes on GPUs and TPUs)."""
-    return jnp.matmul(a, b, precision=HIGHEST)
+    (no TF32 or bfloat16 passes on GPUs and TPUs). Where the contracted axis is split over
+    a mesh's explicit axis (representation mode on a batch-sharded z), the product, a
+    small T x T matrix or T-vector, is replicated."""
+    return jnp.matmul(a, b, precision=HIGHEST, out_sharding=_replicated_if_split(a, b))
+
+
+def _replicated_if_split(a: jax.Array, b: jax.Array) -> jax.sharding.NamedSharding | None:
+    """A replicated sharding where ``a @ b`` contracts an axis split over a mesh (JAX asks
+    for the output's sharding there), else None (JAX's own choice)."""
+    for x, axis in ((a, -1), (b, 0 if jnp.ndim(b) == 1 else -2)):
+        sharding = getattr(jax.typeof(x), "sharding", None)
+        spec = getattr(sharding, "spec", ())
+        if jnp.ndim(x) and len(spec) == jnp.ndim(x) and spec[axis] is not None:
+            return jax.sharding.NamedSharding(sharding.mesh, P())
+    return None
 
 
 def gram(grads: jax.Array) -> jax.Array:
@@ -180,7 +200,9 @@ def manipulation_transformation(
 ) -> optax.GradientTransformationExtraArgs:
     """The transformation that applies ``combine`` (:data:`Combine`) to the shared leaves'
     per-loss gradients; every other leaf keeps ``updates``. ``shared`` selects the leaves
-    of the params-shaped ``updates`` (a bool tree, a prefix, or a callable of that tree)."""
+    of the params-shaped ``updates`` (a bool tree, a prefix, or a callable of that tree);
+    the extra argument ``combine_all=True`` combines every leaf instead (representation
+    mode, where ``updates`` is the gradient of the representation z)."""
     require_shared(shared)
 
     def init_fn(params: optax.Params) -> Any:
@@ -193,11 +215,12 @@ def manipulation_transformation(
         params: optax.Params | None = None,
         *,
         per_loss_grads: Any = None,
+        combine_all: bool = False,
         **extra_args: Any,
     ) -> tuple[optax.Updates, Any]:
         del params, extra_args
         leaves, per_loss, treedef = per_loss_leaves(name, updates, per_loss_grads)
-        flags = selected_leaves(shared, updates)
+        flags = [True] * len(leaves) if combine_all else selected_leaves(shared, updates)
         combined, state = combine(shared_matrix(per_loss, flags), state)
         sizes = [math.prod(grads.shape[1:]) for grads, flag in zip(per_loss, flags) if flag]
         parts = iter(jnp.split(combined, list(itertools.accumulate(sizes))[:-1]))
@@ -232,7 +255,19 @@ def manipulated_gradients(
 ) -> tuple[jax.Array, Params]:
     """The (T,) losses (no gradient) and ``transformation``'s update of the model from
     the per-loss gradients of ``losses_fn`` (of ``transform(losses)`` if given): one
-    forward and T backward passes."""
+    forward and T backward passes. In representation mode, ``transformation`` combines
+    the per-loss gradients of z, and the update is one VJP through the trunk with that
+    combination plus the sum of the heads' own gradients."""
+    if isinstance(losses_fn, RepresentationLosses):
+        grads = representation_gradients(losses_fn, model_params, num_losses, transform)
+        combined, _ = transformation.update(
+            jax.tree.map(lambda g: jnp.sum(g, 0), grads.per_loss),
+            transformation_state,
+            None,
+            per_loss_grads=grads.per_loss,
+            combine_all=True,
+        )
+        return grads.losses, grads.pullback(combined, jnp.ones_like(grads.losses))
     losses, vjp_fn = losses_vjp(losses_fn, model_params, num_losses, transform)
     per_loss_grads = per_loss_gradients(vjp_fn, losses)
     updates = jax.tree.map(lambda g: jnp.sum(g, 0), per_loss_grads)

@@ -129,8 +129,8 @@ def aligned_mtl_transformation(
     and auxiliaries, ``task_weights`` puts the trade-off on them, e.g.
     ``jnp.array([1.0, 0.1, 0.1])``. The paper's Aligned-MTL-UB, which aligns the
     gradients of the shared *representation* instead (cheaper: one backward pass
-    through the encoder), is not offered: the per-loss gradients here are those of the
-    parameters.
+    through the encoder), is :func:`aligned_mtl` with a ``losses_fn`` from
+    :func:`yoto_jax.representation_losses`.
 
     Args:
       shared: which leaves are shared: a bool tree like the params (or a prefix), or
@@ -175,7 +175,10 @@ def aligned_mtl(
 
     Deterministic (the step's key is ignored); no params, no arrays in the state; the
     weights are ones (Aligned-MTL combines gradients, not losses; B w is not
-    reported). Cost: one forward and T backward passes (``jax.jacrev``), the Gram
+    reported). With a ``losses_fn`` from :func:`yoto_jax.representation_losses` it
+    is Aligned-MTL-UB: G is the (T, m) matrix of the gradients with respect to the
+    representation z (:mod:`yoto_jax.representation`), one backward pass through the
+    trunk. Cost: one forward and T backward passes (``jax.jacrev``), the Gram
     matrix (T² n) and a T x T eigendecomposition.
 
     Args:

@@ -13,6 +13,7 @@ from jax.typing import ArrayLike
 from yoto_jax import _checks
 from yoto_jax.baselines._common import selected_leaves
 from yoto_jax.baselines._gradients import losses_vjp, per_loss_gradients
+from yoto_jax.representation import RepresentationLosses, representation_gradients
 from yoto_jax.weighting import Weighting, WeightingStep, loss_vector
 
 DEFAULT_GRADNORM_ALPHA = 1.5
@@ -131,7 +132,11 @@ def gradnorm(
     W is the caller's choice: the paper takes the last shared layer (cheaper); LibMTL
     takes all shared parameters. Cost: one forward pass, T backward passes for the
     per-loss gradients (vmapped; under ``jit`` XLA drops the parts below W) and one
-    for the model's gradient.
+    for the model's gradient. In representation mode (``losses_fn`` from
+    :func:`yoto_jax.representation_losses`) W is the representation z, whatever
+    ``shared`` says: the norms are those of :math:`\partial l_i / \partial z` (T
+    backward passes through the heads only), and the model's gradient one backward
+    pass.
 
     Deviations from the paper and from LibMTL:
 
@@ -192,14 +197,20 @@ def gradnorm(
 
     def step(losses_fn, model_params, params, state: GradNormState, *, key=None) -> WeightingStep:
         num_losses = state.initial_losses.shape[0]
-        losses, vjp_fn = losses_vjp(losses_fn, model_params, num_losses)
         logits = loss_vector(params[GRADNORM_KEY], num_losses, what="logits")
         applied = jax.lax.stop_gradient(_weights(logits))
-        (model_grads,) = vjp_fn(applied.astype(losses.dtype))
-        per_loss_grads = per_loss_gradients(vjp_fn, losses)
-        losses = jax.lax.stop_gradient(losses)
-        flags = selected_leaves(shared, model_params)
-        grad_norms = _shared_grad_norms(per_loss_grads, flags, num_losses)
+        if isinstance(losses_fn, RepresentationLosses):  # W is the representation z
+            rep = representation_gradients(losses_fn, model_params, num_losses)
+            losses, model_grads = rep.losses, rep.weighted_gradient(applied)
+            flags = [True] * len(jax.tree.leaves(rep.per_loss))
+            grad_norms = _shared_grad_norms(rep.per_loss, flags, num_losses)
+        else:
+            losses, vjp_fn = losses_vjp(losses_fn, model_params, num_losses)
+            (model_grads,) = vjp_fn(applied.astype(losses.dtype))
+            per_loss_grads = per_loss_gradients(vjp_fn, losses)
+            losses = jax.lax.stop_gradient(losses)
+            flags = selected_leaves(shared, model_params)
+            grad_norms = _shared_grad_norms(per_loss_grads, flags, num_losses)
         initial_losses = jnp.where(
             state.count == 0, losses.astype(state.initial_losses.dtype), state.initial_losses
         )

@@ -23,6 +23,9 @@ weighting the losses. Each comes twice:
   :func:`mgda` and :func:`cagrad`, for :func:`yoto_jax.trainer`: its ``step`` takes
   the per-loss gradients (one forward and T backward passes, as ``jax.jacrev``) and applies the
   transformation. The weights they report are ones: there are no loss weights.
+  Given a ``losses_fn`` from :func:`yoto_jax.representation_losses`, they combine the
+  per-loss gradients of the shared representation instead (representation mode, one
+  backward pass through the trunk; :mod:`yoto_jax.representation`).
 
 Every product of gradients (the Gram matrix, PCGrad's dot products, the solvers'
 products and the combinations Σ αᵢ gᵢ) runs at ``jax.lax.Precision.HIGHEST``, not in the

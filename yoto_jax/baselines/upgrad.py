@@ -280,6 +280,9 @@ def upgrad(
 
     Deterministic (the step's key is ignored); no params, no arrays in the state; the
     weights are ones (UPGrad combines gradients, not losses; w is not reported).
+    With a ``losses_fn`` from :func:`yoto_jax.representation_losses`, J is the
+    Jacobian of the losses with respect to the representation z
+    (:mod:`yoto_jax.representation`; TorchJD's ``mtl_backward(losses, features)``).
     Cost: one forward and T backward passes (``jax.jacrev``), the Gram matrix (T² n)
     and T quadratic programs of size T, vmapped: each takes about T + 2 active-set
     iterations of one T x T elimination, O(T⁴) flops per program, and a sequential

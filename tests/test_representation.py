@@ -1,0 +1,312 @@
+"""Representation mode (yoto_jax.representation): the gradient methods on the per-loss
+gradients of the shared representation z, one backward pass through the trunk.
+
+* an identity trunk (z is the shared parameters themselves): representation mode equals
+  parameter mode for every gradient method that supports it;
+* a linear trunk z = x W: MGDA-UB and Aligned-MTL-UB against NumPy float64 references
+  (the min-norm point by enumerating the simplex's faces, the Procrustes alignment by an
+  SVD of the (T, batch·features) matrix);
+* ``jax.vmap`` over a traced hyperparameter, the trainer under ``jit``, and 8 simulated
+  devices (a subprocess: this file run as a script);
+* bad inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import yoto_jax
+from yoto_jax import baselines as bl
+
+SHARED = {"trunk": True, "heads": False}
+BATCH, FEATURES, INPUTS, T = 6, 3, 4, 3
+
+
+def _close(actual, expected, ulps=16):
+    """Equal to ``ulps`` float32 ulps of the largest magnitude (a few roundings)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    scale = max(np.max(np.abs(expected)), 1e-30)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=ulps * 2.0**-23 * scale)
+
+
+def _heads(params, z, y):
+    """Loss i: the mean squared error of the nonlinear head i on target i, (T,)."""
+    predictions = jnp.tanh(z @ params["heads"])  # (batch, T)
+    return jnp.mean((predictions - y) ** 2, axis=0)
+
+
+def _problem(rng):
+    params = {
+        "trunk": jnp.asarray(rng.normal(size=(BATCH, FEATURES)), jnp.float32),
+        "heads": jnp.asarray(rng.normal(size=(FEATURES, T)), jnp.float32),
+    }
+    y = jnp.asarray(rng.normal(size=(BATCH, T)), jnp.float32)
+    return params, y
+
+
+METHODS = {
+    "pcgrad": lambda: bl.pcgrad(SHARED),
+    "mgda": lambda: bl.mgda(SHARED),
+    "cagrad": lambda: bl.cagrad(SHARED, c=0.4),
+    "upgrad": lambda: bl.upgrad(SHARED),
+    "aligned_mtl": lambda: bl.aligned_mtl(SHARED),
+    "imtl_gradient": lambda: bl.imtl(SHARED, mode="gradient"),
+    "imtl_hybrid": lambda: bl.imtl(SHARED, log_scale_init=0.3),
+    "gradnorm": lambda: bl.gradnorm(SHARED),
+}
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_identity_trunk_equals_parameter_mode(rng, name):
+    """z = the trunk's params: ∂z/∂θ is the identity, so the per-loss gradients of z are
+    those of the shared params, and the two modes compute the same update."""
+    params, y = _problem(rng)
+    weighting = METHODS[name]()
+    weighting_params, state = weighting.init(T)
+    parameter_mode = lambda p: _heads(p, p["trunk"], y)
+    representation_mode = yoto_jax.representation_losses(
+        lambda p: p["trunk"], lambda p, z: _heads(p, z, y)
+    )
+    key = jax.random.key(3)
+
+    @jax.jit
+    def both(params):
+        return [
+            weighting.step(fn, params, weighting_params, state, key=key)
+            for fn in (parameter_mode, representation_mode)
+        ]
+
+    expected, actual = both(params)
+    _close(actual.losses, expected.losses)
+    for part in ("trunk", "heads"):
+        _close(actual.model_grads[part], expected.model_grads[part])
+    for param in expected.grads:  # IMTL's log-scales, GradNorm's logits
+        _close(actual.grads[param], expected.grads[param])
+    assert np.max(np.abs(np.asarray(expected.model_grads["trunk"]))) > 1e-3
+
+
+def _linear_problem(rng):
+    x = rng.normal(size=(BATCH, INPUTS))
+    y = rng.normal(size=(BATCH, T))
+    params = {"trunk": rng.normal(size=(INPUTS, FEATURES)), "heads": rng.normal(size=(FEATURES, T))}
+    return x, y, params
+
+
+def _linear_losses(x, y):
+    """z = x W, loss i = mean_b (z_b · h_i − y_bi)²: a linear trunk and linear heads."""
+    x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+    return yoto_jax.representation_losses(
+        lambda p: x @ p["trunk"],
+        lambda p, z: jnp.mean((z @ p["heads"] - y) ** 2, axis=0),
+    )
+
+
+def _reference_gradients(x, y, params):
+    """Float64: the (T, batch, features) gradients of the losses w.r.t. z, and the heads'
+    summed gradient."""
+    z = x @ params["trunk"]
+    residuals = z @ params["heads"] - y  # (batch, T)
+    per_loss = np.stack(
+        [2 / BATCH * np.outer(residuals[:, i], params["heads"][:, i]) for i in range(T)]
+    )
+    head_sum = 2 / BATCH * z.T @ residuals  # column i: ∂l_i/∂h_i
+    return per_loss, head_sum
+
+
+def _min_norm_reference(matrix):
+    """The min-norm point of the rows' convex hull, exactly: the best of the affine
+    minimisers over every face of the simplex whose weights are nonnegative."""
+    gram = matrix @ matrix.T
+    best, best_alpha = np.inf, None
+    for size in range(1, T + 1):
+        for face in itertools.combinations(range(T), size):
+            idx = list(face)
+            kkt = np.zeros((size + 1, size + 1))
+            kkt[:size, :size] = gram[np.ix_(idx, idx)]
+            kkt[:size, size] = kkt[size, :size] = 1.0
+            solution = np.linalg.lstsq(kkt, np.r_[np.zeros(size), 1.0], rcond=None)[0][:size]
+            if np.all(solution >= -1e-12):
+                alpha = np.zeros(T)
+                alpha[idx] = solution
+                value = alpha @ gram @ alpha
+                if value < best:
+                    best, best_alpha = value, alpha
+    return best_alpha
+
+
+def test_mgda_ub_matches_numpy_reference(rng):
+    x, y, params = _linear_problem(rng)
+    per_loss, head_sum = _reference_gradients(x, y, params)
+    alpha = _min_norm_reference(per_loss.reshape(T, -1))
+    assert np.sum(alpha > 1e-6) >= 2  # not a vertex: the solver's interior matters
+    expected_trunk = x.T @ np.tensordot(alpha, per_loss, 1)
+    weighting = bl.mgda(SHARED)
+    state = weighting.init(T)[1]
+    result = jax.jit(lambda p: weighting.step(_linear_losses(x, y), p, {}, state))(
+        jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    )
+    _close(result.model_grads["trunk"], expected_trunk, ulps=64)
+    _close(result.model_grads["heads"], head_sum, ulps=64)
+
+
+def test_aligned_mtl_ub_matches_numpy_reference(rng):
+    """Aligned-MTL-UB: the (T, m) matrix Z = U S Vᵀ of the gradients w.r.t. z becomes
+    σ_min U Vᵀ (orthogonal rows of equal norm); the cotangent is their sum."""
+    x, y, params = _linear_problem(rng)
+    per_loss, head_sum = _reference_gradients(x, y, params)
+    u, s, vt = np.linalg.svd(per_loss.reshape(T, -1), full_matrices=False)
+    aligned = s.min() * u @ vt
+    expected_trunk = x.T @ aligned.sum(0).reshape(BATCH, FEATURES)
+    weighting = bl.aligned_mtl(SHARED)
+    state = weighting.init(T)[1]
+    result = jax.jit(lambda p: weighting.step(_linear_losses(x, y), p, {}, state))(
+        jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    )
+    _close(result.model_grads["trunk"], expected_trunk, ulps=256)  # eigh of a T x T Gram
+    _close(result.model_grads["heads"], head_sum, ulps=64)
+
+
+def test_vmap_over_a_traced_hyperparameter_in_the_trainer(rng, full_matmul_precision):
+    """CAGrad's radius c vmapped over three values equals three separate jitted runs."""
+    x, y, params = _linear_problem(rng)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+    losses_fn = _linear_losses(x, y)
+
+    def run(c):
+        train = yoto_jax.trainer(bl.cagrad(SHARED, c=c), optax.sgd(0.05))
+        state = train.init(params, T)
+        for _ in range(3):
+            state, log = train.step(state, losses_fn)
+        return state.params["model"], log.losses
+
+    radii = jnp.array([0.0, 0.4, 1.0])
+    vmapped = jax.jit(jax.vmap(run))(radii)
+    for i, c in enumerate(radii):
+        single = jax.jit(run)(c)
+        for a, b in zip(jax.tree.leaves(vmapped), jax.tree.leaves(single)):
+            _close(a[i], b)
+    assert not np.allclose(vmapped[0]["trunk"][0], vmapped[0]["trunk"][2])  # c matters
+
+
+def test_heads_without_z_raise(rng):
+    params, y = _problem(rng)
+
+    def heads(p, z):  # the auxiliary loss 2 reads the heads only
+        losses = _heads(p, z, y)
+        return jnp.stack([losses[0], losses[1], jnp.sum(p["heads"] ** 2)])
+
+    losses_fn = yoto_jax.representation_losses(lambda p: p["trunk"], heads)
+    weighting = bl.mgda(SHARED)
+    state = weighting.init(T)[1]
+    with pytest.raises(ValueError, match=r"losses \[2\].*do not depend on the representation z"):
+        weighting.step(losses_fn, params, {}, state)
+    constant = yoto_jax.representation_losses(
+        lambda p: p["trunk"], lambda p, z: jnp.sum(p["heads"], axis=0)
+    )
+    with pytest.raises(ValueError, match="the losses do not depend"):
+        jax.jit(lambda p: weighting.step(constant, p, {}, state))(params)
+
+
+def test_bad_shapes_and_types_raise(rng):
+    params, y = _problem(rng)
+    weighting = bl.upgrad(SHARED)
+    state = weighting.init(T)[1]
+    two_losses = yoto_jax.representation_losses(
+        lambda p: p["trunk"], lambda p, z: _heads(p, z, y)[:2]
+    )
+    with pytest.raises(ValueError, match="has 2 entries, expected 3"):
+        weighting.step(two_losses, params, {}, state)
+    integer_z = yoto_jax.representation_losses(
+        lambda p: jnp.zeros((BATCH, FEATURES), jnp.int32), lambda p, z: _heads(p, z, y)
+    )
+    with pytest.raises(TypeError, match="representation z must have a floating dtype"):
+        weighting.step(integer_z, params, {}, state)
+    with pytest.raises(TypeError, match="heads_fn must be a function"):
+        yoto_jax.representation_losses(lambda p: p["trunk"], "heads")
+
+
+def test_loss_weighting_methods_use_it_unchanged(rng):
+    """A representation losses_fn is a losses_fn: YOTO's step is that of the plain one."""
+    params, y = _problem(rng)
+    weighting = yoto_jax.yoto()
+    weighting_params, state = weighting.init(T)
+    key = jax.random.key(0)
+    split = yoto_jax.representation_losses(lambda p: p["trunk"], lambda p, z: _heads(p, z, y))
+    plain = lambda p: _heads(p, p["trunk"], y)
+    a = weighting.step(split, params, weighting_params, state, key=key)
+    b = weighting.step(plain, params, weighting_params, state, key=key)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(u, v)
+
+
+def _sharded_worker() -> dict:
+    """In a process with 8 CPU devices: three MGDA-UB trainer steps on a batch split over
+    the devices, and the same on one device; the final params of both."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, INPUTS)).astype(np.float32)
+    y = rng.normal(size=(32, T)).astype(np.float32)
+    params = {
+        "trunk": rng.normal(size=(INPUTS, FEATURES)).astype(np.float32),
+        "heads": rng.normal(size=(FEATURES, T)).astype(np.float32),
+    }
+    train = yoto_jax.trainer(bl.mgda(SHARED), optax.sgd(0.1))
+
+    def run(params, x, y):
+        losses_fn = yoto_jax.representation_losses(
+            lambda p: jnp.tanh(x @ p["trunk"]),
+            lambda p, z: jnp.mean((z @ p["heads"] - y) ** 2, axis=0),
+        )
+        state = train.init(params, T)
+        for _ in range(3):
+            state, _ = train.step(state, losses_fn)
+        return state.params["model"]
+
+    mesh = jax.make_mesh((8,), ("batch",))
+    batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.jit(run)(
+        jax.device_put(params, replicated), jax.device_put(x, batch), jax.device_put(y, batch)
+    )
+    one = jax.devices()[0]
+    single = jax.jit(run)(*jax.device_put((params, x, y), one))
+    return {
+        "devices": len(jax.devices()),
+        "x_shards": len(jax.device_put(x, batch).addressable_shards),
+        "sharded": jax.tree.map(lambda a: np.asarray(a).tolist(), sharded),
+        "single": jax.tree.map(lambda a: np.asarray(a).tolist(), single),
+    }
+
+
+def test_eight_simulated_devices_match_one():
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    }
+    out = subprocess.run(
+        [sys.executable, __file__],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["devices"] == 8 and report["x_shards"] == 8
+    for part in ("trunk", "heads"):
+        _close(report["sharded"][part], report["single"][part], ulps=32)
+
+
+if __name__ == "__main__":
+    print(json.dumps(_sharded_worker()))

@@ -1,0 +1,232 @@
+r"""Representation mode: the per-loss gradients of a shared representation z, not of the trunk.
+
+The gradient-combination methods (PCGrad, MGDA, CAGrad, Aligned-MTL, UPGrad, IMTL-G,
+GradNorm) act on the T per-loss gradients of the shared parameters: T backward passes
+through the whole model and a (T, n) matrix. Given the model split as
+
+.. math::
+    z = f(θ), \qquad l = h(θ, z) \in \mathbb R^T
+
+(``features_fn`` the trunk f, ``heads_fn`` the heads h), representation mode takes the
+per-loss gradients with respect to z instead, the rows of the (T, m) matrix
+
+.. math::
+    Z_{i\cdot} = \operatorname{vec}\Big(\frac{\partial l_i}{\partial z}\Big), \qquad
+    m = \text{the size of } z \text{ (batch} \times \text{features)},
+
+T cheap backward passes through the heads; the method's combination acts on Z exactly
+as it acts on G in parameter mode (its Gram matrix is :math:`Z Z^\top`, whose entries
+:math:`\sum_{b, f} \partial_{z_{bf}} l_i\, \partial_{z_{bf}} l_j` sum over the batch's
+samples b and the features f: Sener and Koltun's MGDA-UB, which takes the Frobenius
+product of the gradients with respect to the batch's representation), giving a
+cotangent :math:`c \in \mathbb R^m`; the model's gradient is then **one** VJP through
+the trunk plus the heads' own gradients,
+
+.. math::
+    \nabla = \Big(\frac{\partial z}{\partial θ}\Big)^\top c
+        + \sum_i w_i \frac{\partial h_i}{\partial θ}\Big|_{z\ \text{fixed}},
+
+with w = 1 for the gradient-manipulation methods (the heads keep the sum of their
+losses' gradients, as the non-shared leaves do in parameter mode). The leaves a method's
+``shared`` mask selects do not enter the combination here: the trunk is what
+``features_fn`` reads.
+
+It is exact (equal to parameter mode) when the trunk's Jacobian has orthonormal rows
+(the identity); otherwise it is the approximation of MGDA-UB and Aligned-MTL-UB:
+:math:`G = Z J_f`, so :math:`G G^\top = Z J_f J_f^\top Z^\top`, and Sener and Koltun
+bound the min-norm problem on G by that on Z (times :math:`\lVert J_f \rVert^2`).
+LibMTL's ``rep_grad=True`` differs in one point: its Gram matrix is that of the
+gradients first summed over the batch, :math:`\sum_b \partial_{z_b} l_i`, shape
+(T, features), which discards the samples' disagreement.
+
+Use :func:`representation_losses` in place of ``losses_fn``: it is a ``losses_fn``
+(``losses_fn(model_params) -> (T,)``), so every other method (YOTO, the loss weightings)
+uses it unchanged, and the gradient methods detect it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.extend import core as jex_core
+
+from yoto_jax import _checks
+from yoto_jax.weighting import Params, loss_vector
+
+FeaturesFn = Callable[[Params], Any]
+"""``features_fn(model_params) -> z``: the shared representation, an array or a tree of them."""
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+HeadsFn = Callable[[Params, Any], jax.Array]
+"""``heads_fn(model_params, z) -> (T,)``: the losses computed from z, primary first."""
+
+
+class RepresentationLosses:
+    """A ``losses_fn`` split at the shared representation z (see the module docstring).
+
+    Calling it returns ``heads_fn(model_params, features_fn(model_params))``, the (T,)
+    losses, so it stands wherever a ``losses_fn`` does; the gradient methods read
+    ``features_fn`` and ``heads_fn`` to take the per-loss gradients of z.
+
+    Attributes:
+      features_fn: ``model_params -> z``.
+      heads_fn: ``(model_params, z) -> (T,)`` losses.
+    """
+
+    __slots__ = ("features_fn", "heads_fn")
+
+    def __init__(self, features_fn: FeaturesFn, heads_fn: HeadsFn):
+        for fn, name in ((features_fn, "features_fn"), (heads_fn, "heads_fn")):
+            if not callable(fn):
+                raise TypeError(f"{name} must be a function, got {type(fn).__name__}.")
+        self.features_fn = features_fn
+        self.heads_fn = heads_fn
+
+    def __call__(self, model_params: Params) -> jax.Array:
+        return self.heads_fn(model_params, self.features_fn(model_params))
+
+    def __repr__(self) -> str:
+        return f"representation_losses({self.features_fn!r}, {self.heads_fn!r})"
+
+
+def representation_losses(features_fn: FeaturesFn, heads_fn: HeadsFn) -> RepresentationLosses:
+    r"""A ``losses_fn`` whose gradient methods work on the representation z (one trunk pass).
+
+    Args:
+      features_fn: ``features_fn(model_params) -> z``, the shared representation on this
+        step's batch (a floating array, e.g. (batch, features), or a tree of them).
+      heads_fn: ``heads_fn(model_params, z) -> (T,)``, the losses from z (primary first;
+        stack the scalar losses with ``jnp.stack``). It may read any of the params (the
+        heads'); every loss must depend on z.
+
+    Returns:
+      A :class:`RepresentationLosses`, usable as the ``losses_fn`` of any weighting's
+      step and of :func:`yoto_jax.trainer`'s step.
+
+    Example:
+      >>> import jax.numpy as jnp, yoto_jax
+      >>> from yoto_jax.baselines import mgda
+      >>> params = {"trunk": jnp.eye(2), "heads": jnp.array([[1.0, 0.0], [0.0, 3.0]])}
+      >>> x = jnp.array([[1.0, 1.0]])
+      >>> losses_fn = yoto_jax.representation_losses(
+      ...     lambda p: x @ p["trunk"],  # z, shape (1, 2)
+      ...     lambda p, z: jnp.sum(z * p["heads"], axis=1),  # l_i = z · heads_i
+      ... )
+      >>> losses_fn(params)
+      Array([1., 3.], dtype=float32)
+      >>> weighting = mgda(shared={"trunk": True, "heads": False})
+      >>> state = weighting.init(2)[1]
+      >>> result = weighting.step(losses_fn, params, {}, state)
+      >>> result.model_grads["trunk"].round(6)  # xᵀ times the min-norm point (0.9, 0.3) of e₀ and 3e₁
+      Array([[0.9, 0.3],
+             [0.9, 0.3]], dtype=float32)
+
+    References:
+      Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization",
+      NeurIPS 2018 (MGDA-UB); Senushkin et al., "Independent Component Alignment for
+      Multi-Task Learning", CVPR 2023 (Aligned-MTL-UB); LibMTL's ``rep_grad``.
+    """
+    return RepresentationLosses(features_fn, heads_fn)
+
+
+class RepresentationGradients(NamedTuple):
+    """The per-loss gradients of z and the one pass back through the model.
+
+    Attributes:
+      losses: the (T,) losses (no gradient).
+      per_loss: the gradients of the (transformed) losses with respect to z, a tree like
+        z whose leaves carry a leading axis of size T.
+      pullback: ``pullback(z_cotangent, head_weights) -> model gradients``: one VJP
+        through the trunk with ``z_cotangent`` (a tree like z) plus the heads' own
+        gradient of :math:`\\sum_i w_i l_i` at fixed z, w = ``head_weights`` (T,).
+    """
+
+    losses: jax.Array
+    per_loss: Any
+    pullback: Callable[[Any, jax.Array], Params]
+
+    def weighted_gradient(self, weights: jax.Array) -> Params:
+        r"""The model's gradient of :math:`\sum_i w_i l_i`: the pullback of
+        :math:`\sum_i w_i \partial l_i / \partial z` with head weights w."""
+        weights = weights.astype(self.losses.dtype)
+        cotangent = jax.tree.map(
+            lambda g: jnp.tensordot(weights.astype(g.dtype), g, 1, precision=HIGHEST),
+            self.per_loss,
+        )
+        return self.pullback(cotangent, weights)
+
+
+def representation_gradients(
+    losses_fn: RepresentationLosses,
+    model_params: Params,
+    num_losses: int,
+    transform: Callable[[jax.Array], jax.Array] | None = None,
+) -> RepresentationGradients:
+    """One trunk forward pass, T backward passes through the heads (vmapped over the T
+    unit cotangents), and the pullback of :class:`RepresentationGradients`; the losses
+    differentiated are ``transform(losses)`` if given (IMTL's scaled losses)."""
+    z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
+    z = _checked_representation(z)
+
+    def heads(model_params: Params, z: Any) -> tuple[jax.Array, jax.Array]:
+        losses = loss_vector(losses_fn.heads_fn(model_params, z), num_losses)
+        return (losses if transform is None else transform(losses)), losses
+
+    _require_dependence(losses_fn.heads_fn, model_params, z)
+    _, z_vjp, losses = jax.vjp(lambda z: heads(model_params, z), z, has_aux=True)
+    _, params_vjp, _ = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
+    (per_loss,) = jax.vmap(z_vjp)(jnp.eye(num_losses, dtype=losses.dtype))
+
+    def pullback(z_cotangent: Any, head_weights: jax.Array) -> Params:
+        (trunk_grads,) = trunk_vjp(z_cotangent)
+        (head_grads,) = params_vjp(head_weights.astype(losses.dtype))
+        return jax.tree.map(jnp.add, trunk_grads, head_grads)
+
+    return RepresentationGradients(jax.lax.stop_gradient(losses), per_loss, pullback)
+
+
+def _checked_representation(z: Any) -> Any:
+    leaves = jax.tree.leaves(z)
+    if not leaves:
+        raise ValueError("features_fn must return the representation z, got no array.")
+    for leaf in leaves:
+        _checks.floating_array(leaf, "features_fn's representation z")
+    return z
+
+
+def _require_dependence(heads_fn: HeadsFn, model_params: Params, z: Any) -> None:
+    """Raises unless every loss of ``heads_fn`` depends on z (read from its jaxpr: per loss
+    where the vector is a ``jnp.stack`` or concatenation of scalars, else as a whole)."""
+    jaxpr = jax.make_jaxpr(lambda z: heads_fn(model_params, z))(z).jaxpr
+    if len(jaxpr.outvars) != 1:
+        return  # not one vector: loss_vector reports the shape
+    dependent: set = set(jaxpr.invars)
+    producers = {}
+    for eqn in jaxpr.eqns:
+        if any(_is_var(v) and v in dependent for v in eqn.invars):
+            dependent.update(eqn.outvars)
+        for out in eqn.outvars:
+            producers[out] = eqn
+    out = jaxpr.outvars[0]
+    per_loss = [_is_var(out) and out in dependent]
+    eqn = producers.get(out) if _is_var(out) else None
+    stacked = eqn is not None and eqn.primitive.name in ("stack", "concatenate")
+    if stacked and all(getattr(v.aval, "size", 2) == 1 for v in eqn.invars):
+        per_loss = [_is_var(v) and v in dependent for v in eqn.invars]
+    missing = [i for i, flag in enumerate(per_loss) if not flag]
+    if missing:
+        which = "the losses" if len(per_loss) == 1 else f"losses {missing} (0 is the primary)"
+        raise ValueError(
+            f"heads_fn's {which} do not depend on the representation z: their gradients "
+            "with respect to z are zero, so representation mode cannot weigh them. Compute "
+            "every loss from z (a loss of the heads' params alone, e.g. a regulariser, "
+            "belongs in parameter mode or in the optimizer)."
+        )
+
+
+def _is_var(v: Any) -> bool:
+    return isinstance(v, jex_core.Var) and not isinstance(v, jex_core.Literal)
