@@ -90,7 +90,7 @@ REGISTRY: dict[str, Entry] = {
     "dwa": Entry(lambda t, h: bl.dwa(3, temperature=h), (2.0, 0.5)),
     "rlw": Entry(lambda t, h: bl.rlw()),
     "gradnorm": Entry(lambda t, h: bl.gradnorm(SHARED, alpha=h), (1.5, 0.0)),
-    "famo": Entry(lambda t, h: bl.famo(learning_rate=h), (0.025, 0.2)),
+    "famo": Entry(lambda t, h: bl.famo(meta_learning_rate=h), (0.025, 0.2)),
     "pcgrad": Entry(lambda t, h: bl.pcgrad(SHARED)),
     "mgda": Entry(lambda t, h: bl.mgda(SHARED)),
     "cagrad": Entry(lambda t, h: bl.cagrad(SHARED, c=h), (0.4, 0.8)),

@@ -56,7 +56,7 @@ METHODS = {
     "uncertainty": bl.uncertainty,
     "dwa": lambda: bl.dwa(1),
     "rlw": bl.rlw,
-    "famo": lambda: bl.famo(learning_rate=0.5),
+    "famo": lambda: bl.famo(meta_learning_rate=0.5),
     "gradnorm": lambda: bl.gradnorm(True),
 }
 
@@ -607,7 +607,7 @@ def famo_after_update(losses_after):
         (lambda: bl.dwa(2).init(0), ValueError, "num_losses must be an int >= 1"),
         (lambda: bl.equal_weighting().init(2.0), ValueError, "num_losses must be an int"),
         (lambda: bl.rlw().init(True), ValueError, "num_losses must be an int"),
-        (lambda: bl.famo(learning_rate=0.0), ValueError, "learning_rate must be a finite"),
+        (lambda: bl.famo(meta_learning_rate=0.0), ValueError, "learning_rate must be a finite"),
         (lambda: bl.famo(weight_decay=-1e-3), ValueError, "weight_decay must be a finite"),
         (
             lambda: famo_after_update(jnp.ones(3)),

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import yoto_jax
 from yoto_jax import baselines
+from yoto_jax.nnx import LossWeights, shared_params, train_step
 
 
 def _losses_fn(params):
@@ -159,3 +161,70 @@ def test_an_eager_solver_call_does_not_recompile(solver, expected):
         logger.removeHandler(counter)
     assert counter.compiled == []
     np.testing.assert_allclose(weights, expected(second.astype(np.float64)), rtol=1e-5)
+
+
+class _TwoHeads(nnx.Module):
+    def __init__(self, weighting):
+        self.trunk = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+        self.heads = nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+        self.loss_weights = LossWeights("a", ["b"], weighting=weighting)
+
+    def __call__(self, x):
+        return self.heads(jnp.tanh(self.trunk(x)))
+
+
+def _nnx_step(shared, method):
+    model = _TwoHeads(method(shared=shared))
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    inputs = jnp.linspace(-1.0, 1.0, 15).reshape(5, 3)
+
+    def losses_fn(model):
+        outputs = model(inputs)
+        return {"a": jnp.mean(outputs[:, 0] ** 2), "b": jnp.mean((outputs[:, 1] - 1.0) ** 2)}
+
+    train_step(model, optimizer, model.loss_weights, losses_fn)
+    return nnx.state(model, nnx.Param)
+
+
+@pytest.mark.parametrize("method", [baselines.mgda, baselines.gradnorm, baselines.upgrad])
+def test_a_dict_of_module_names_selects_under_nnx(method):
+    """A plain dict prefix meets an nnx.State under train_step (it used to raise a
+    structure mismatch between a dict and a State with the same keys): it selects as
+    shared_params does, and the trunk-only selection differs from selecting everything."""
+    selection = {"trunk": True, "heads": False}
+    by_dict = _nnx_step(selection, method)
+    by_filter = _nnx_step(shared_params(selection), method)
+    everything = _nnx_step(shared_params({"trunk": True, "heads": True}), method)
+    for got, expected in zip(jax.tree.leaves(by_dict), jax.tree.leaves(by_filter)):
+        np.testing.assert_array_equal(got, expected)
+    difference = [
+        np.max(np.abs(a - b)) for a, b in zip(jax.tree.leaves(by_dict), jax.tree.leaves(everything))
+    ]
+    assert max(difference) > 1e-4
+    with pytest.raises(ValueError, match=r"prefix gives no bool for the parameter 'heads/bias'"):
+        _nnx_step({"trunk": True}, method)
+
+
+@pytest.mark.parametrize(
+    ("build", "old", "new"),
+    [
+        (baselines.nash_mtl, {"update_weights_every": 3}, {"update_every": 3}),
+        (baselines.nash_mtl, {"optim_niter": 5}, {"iterations": 5}),
+        (lambda **kw: baselines.famo(**kw), {"learning_rate": 0.2}, {"meta_learning_rate": 0.2}),
+    ],
+)
+def test_renamed_hyperparameters_keep_their_old_names_as_deprecated_aliases(build, old, new):
+    """One name per concept (update_every, iterations, meta_learning_rate: the method's
+    own step size); the old names still work, with a DeprecationWarning, and give the
+    same method."""
+    args = (True,) if build is baselines.nash_mtl else ()
+    weighting = build(*args, **new)
+    with pytest.warns(DeprecationWarning, match=f"{next(iter(old))} is deprecated"):
+        aliased = build(*args, **old)
+    params, state = weighting.init(3)
+    expected = weighting.step(_losses_fn, PARAMS, params, state, key=jax.random.key(0))
+    got = aliased.step(_losses_fn, PARAMS, params, state, key=jax.random.key(0))
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="deprecated alias, not a second option"):
+        build(*args, **old, **{next(iter(new)): 7})

@@ -3,7 +3,7 @@
 The NumPy reference follows the authors' code (``NashMTL`` in AvivNavon/nash-mtl's
 ``methods/weight_methods.py``) with the convex programs replaced by the equations they
 solve, Gᵀ G α = 1/α, solved here by SciPy in float64: α from the shared parameters'
-per-task gradients every ``update_weights_every`` steps (kept when there is no
+per-task gradients every ``update_every`` steps (kept when there is no
 solution), the gradient of Σ α_i l_i on every parameter, the shared part clipped as by
 ``torch.nn.utils.clip_grad_norm_``.
 """
@@ -198,14 +198,14 @@ class Model:
         return jnp.asarray(self.scales, jnp.float32) * jnp.mean(residuals**2, axis=0)
 
 
-def nash_reference(model, steps, lr, update_weights_every=1, max_norm=1.0):
+def nash_reference(model, steps, lr, update_every=1, max_norm=1.0):
     """The authors' NashMTL step (α from SciPy) then SGD; params and α after each step."""
     params = {k: v.astype(np.float64) for k, v in model.params.items()}
     alpha = np.ones(model.y.shape[1])
     trajectory, alphas = [], []
     for step in range(steps):
         grad_w, grad_h = model.grads(params)
-        if step % update_weights_every == 0:
+        if step % update_every == 0:
             shared = grad_w.reshape(len(grad_w), -1)
             solution, residual = scipy_nash(shared @ shared.T)
             if residual < 1e-6:
@@ -249,8 +249,8 @@ def errors(got, expected):
 
 CASES = {
     "defaults": {},
-    "every_2": {"update_weights_every": 2},
-    "unclipped_every_3": {"update_weights_every": 3, "max_norm": 0.0},
+    "every_2": {"update_every": 2},
+    "unclipped_every_3": {"update_every": 3, "max_norm": 0.0},
 }
 TOLERANCE = 1e-4
 
@@ -330,7 +330,7 @@ def test_the_weighting_keeps_alpha_where_the_solver_fails(rng):
 def test_the_transformation_equals_the_weighting_over_steps(rng):
     model = Model(rng)
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), model.params)
-    tx = optax.chain(bl.nash_mtl_transformation(SHARED, 3, update_weights_every=2), optax.sgd(0.05))
+    tx = optax.chain(bl.nash_mtl_transformation(SHARED, 3, update_every=2), optax.sgd(0.05))
 
     @jax.jit
     def step(params, opt_state):
@@ -345,7 +345,7 @@ def test_the_transformation_equals_the_weighting_over_steps(rng):
         params, opt_state = step(params, opt_state)
         trajectory.append(params)
         alphas.append(opt_state[0].alpha)
-    expected = nash_reference(model, 5, 0.05, update_weights_every=2)
+    expected = nash_reference(model, 5, 0.05, update_every=2)
     param_error, alpha_error = errors((trajectory, np.stack(alphas)), expected)
     assert param_error < TOLERANCE and alpha_error < TOLERANCE
     assert int(opt_state[0].count) == 5
@@ -366,7 +366,7 @@ def test_the_transformation_in_closed_form():
 
 
 def test_steps_between_updates_skip_the_per_loss_gradients(rng):
-    """update_weights_every=3: the branch with the per-loss gradients and the solver runs
+    """update_every=3: the branch with the per-loss gradients and the solver runs
     at steps 0 and 3 only (the solver's debug callback fires there)."""
     model = Model(rng)
     calls = []
@@ -376,7 +376,7 @@ def test_steps_between_updates_skip_the_per_loss_gradients(rng):
         jax.debug.callback(lambda: calls.append(1))
         return original(gram, iterations)
 
-    weighting_every_3 = bl.nash_mtl(SHARED, update_weights_every=3)
+    weighting_every_3 = bl.nash_mtl(SHARED, update_every=3)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(nash_module, "_solve", counting)
         train = yoto_jax.trainer(weighting_every_3, optax.sgd(0.05))
@@ -431,11 +431,11 @@ def transformation_update(tx, per_loss_grads, updates=None):
     "call, error, message",
     [
         (lambda: bl.nash_mtl(None), TypeError, "shared must select"),
-        (lambda: bl.nash_mtl(True, optim_niter=0), ValueError, "optim_niter must be an int >= 1"),
+        (lambda: bl.nash_mtl(True, iterations=0), ValueError, "iterations must be an int >= 1"),
         (
-            lambda: bl.nash_mtl(True, update_weights_every=1.0),
+            lambda: bl.nash_mtl(True, update_every=1.0),
             ValueError,
-            "update_weights_every must be an int >= 1",
+            "update_every must be an int >= 1",
         ),
         (lambda: bl.nash_mtl(True, max_norm=-1.0), ValueError, "max_norm must be a finite"),
         (

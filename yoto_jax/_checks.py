@@ -7,6 +7,7 @@ tracers; values are inspected only when they are concrete (`concrete_float`).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -189,6 +190,23 @@ def positive_int(x: Any, name: str, minimum: int = 1) -> int:
     if isinstance(x, bool | np.bool_) or not isinstance(x, int | np.integer) or x < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {x!r}.")
     return int(x)
+
+
+def renamed(value: Any, default: Any, name: str, old_value: Any, old_name: str) -> Any:
+    """``value``, or ``old_value`` with a DeprecationWarning when the caller used the old
+    keyword ``old_name`` (kept as an alias of ``name``). Both at once is a TypeError."""
+    if old_value is None:
+        return value
+    if value is not default:
+        raise TypeError(
+            f"pass {name} only: {old_name} is its deprecated alias, not a second option."
+        )
+    warnings.warn(
+        f"{old_name} is deprecated and will be removed; pass {name} instead.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value
 
 
 def boolean(x: Any, name: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,8 +37,16 @@ def selected_leaves(mask: Any, tree: Any) -> list[bool]:
     """One Python bool per leaf of `tree`, from ``mask``: a tree of bools with the
     structure of `tree` or a prefix of it, or a callable ``tree -> mask``.
 
+    Under :func:`yoto_jax.nnx.train_step` ``tree`` is an ``nnx.State``: a mapping
+    ``mask`` there is read as module names (:func:`yoto_jax.nnx.shared_params`), so
+    ``{"trunk": True, "heads": False}`` works as it does on a dict of params.
+
     Raises unless the mask holds concrete bools and selects at least one leaf.
     """
+    if isinstance(mask, Mapping) and _is_nnx_state(tree):
+        from yoto_jax.nnx import shared_params  # flax.nnx is loaded: the tree is its State
+
+        mask = shared_params(mask)
     mask = mask(tree) if callable(mask) else mask
 
     def broadcast(selected: Any, subtree: Any) -> list[bool]:
@@ -58,6 +67,12 @@ def selected_leaves(mask: Any, tree: Any) -> list[bool]:
     if not any(flags):
         raise ValueError("shared selects no parameter leaf: the shared parameters would be empty.")
     return flags
+
+
+def _is_nnx_state(tree: Any) -> bool:
+    """Whether ``tree`` is an ``nnx.State`` (without importing flax when it is not loaded)."""
+    nnx = sys.modules.get("flax.nnx")
+    return nnx is not None and isinstance(tree, nnx.State)
 
 
 def prng_key(seed: int | jax.Array) -> jax.Array:

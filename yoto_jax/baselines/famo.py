@@ -35,8 +35,10 @@ class FAMOState(NamedTuple):
 
 
 def famo(
-    learning_rate: float = DEFAULT_FAMO_LEARNING_RATE,
+    meta_learning_rate: float = DEFAULT_FAMO_LEARNING_RATE,
     weight_decay: float = DEFAULT_FAMO_WEIGHT_DECAY,
+    *,
+    learning_rate: float | None = None,
 ) -> Weighting:
     r"""FAMO: balances the tasks' log-loss decrease rates at O(1) extra cost per step.
 
@@ -73,8 +75,9 @@ def famo(
     ``{"model": ..., "weighting": {}}``.
 
     Args:
-      learning_rate: ξ's Adam learning rate, > 0 (0.025 in the reference; may be
-        traced).
+      meta_learning_rate: ξ's Adam learning rate, > 0 (0.025 in the reference; may be
+        traced). Named like Auto-λ's: the method's own step size, not the model's.
+      learning_rate: the deprecated alias of ``meta_learning_rate``.
       weight_decay: γ >= 0 (1e-3, LibMTL's default; the FAMO code's own default varies
         by experiment).
 
@@ -96,9 +99,16 @@ def famo(
       Liu, Liu, Jin, Stone and Liu, "FAMO: Fast Adaptive Multitask Optimization",
       NeurIPS 2023, Alg. 1; https://github.com/Cranial-XIX/FAMO.
     """
-    _checks.positive(learning_rate, "learning_rate")
+    meta_learning_rate = _checks.renamed(
+        meta_learning_rate,
+        DEFAULT_FAMO_LEARNING_RATE,
+        "meta_learning_rate",
+        learning_rate,
+        "learning_rate",
+    )
+    _checks.positive(meta_learning_rate, "meta_learning_rate")
     _checks.non_negative(weight_decay, "weight_decay")
-    logits_tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
+    logits_tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(meta_learning_rate))
 
     def init(num_losses: int) -> tuple[dict[str, jax.Array], FAMOState]:
         logits = jnp.zeros((_checks.positive_int(num_losses, "num_losses"),), jnp.float32)

@@ -223,10 +223,21 @@ def _next_alpha(
     return jnp.where(converged, alpha.astype(previous.dtype), previous)
 
 
-def _check_hyperparameters(update_weights_every: int, optim_niter: int, max_norm: Any) -> None:
-    _checks.positive_int(update_weights_every, "update_weights_every")
-    _checks.positive_int(optim_niter, "optim_niter")
+def _hyperparameters(
+    update_every: int, iterations: int, max_norm: Any, update_weights_every: Any, optim_niter: Any
+) -> tuple[int, int]:
+    """The checked (update_every, iterations), or their deprecated aliases if given."""
+    update_every = _checks.renamed(
+        update_every, 1, "update_every", update_weights_every, "update_weights_every"
+    )
+    iterations = _checks.renamed(
+        iterations, DEFAULT_NASH_MTL_ITERATIONS, "iterations", optim_niter, "optim_niter"
+    )
     _checks.non_negative(max_norm, "max_norm")
+    return (
+        _checks.positive_int(update_every, "update_every"),
+        _checks.positive_int(iterations, "iterations"),
+    )
 
 
 def _init_state(num_losses: int) -> NashMTLState:
@@ -237,13 +248,15 @@ def nash_mtl_transformation(
     shared: Any,
     num_losses: int,
     *,
-    update_weights_every: int = 1,
-    optim_niter: int = DEFAULT_NASH_MTL_ITERATIONS,
+    update_every: int = 1,
+    iterations: int = DEFAULT_NASH_MTL_ITERATIONS,
     max_norm: float = DEFAULT_NASH_MTL_MAX_NORM,
+    update_weights_every: int | None = None,
+    optim_niter: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Nash-MTL as an Optax transformation of the per-loss gradients.
 
-    Every ``update_weights_every`` steps (from the first), α is solved from the
+    Every ``update_every`` steps (from the first), α is solved from the
     Gram matrix of the shared parameters' per-loss gradients
     (:func:`nash_mtl_weights`; where it fails, α keeps its previous value, ones at
     first); in between, the last α is reused. The update is
@@ -262,8 +275,10 @@ def nash_mtl_transformation(
       shared: which leaves are shared: a bool tree like the params (or a prefix), or
         a callable returning one from a tree with the params' structure.
       num_losses: T, the number of losses (the state holds α).
-      update_weights_every: solve for α every this many steps, an int >= 1.
-      optim_niter: the most Newton iterations per solve, an int >= 1.
+      update_every: solve for α every this many steps, an int >= 1 (the reference's
+        ``update_weights_every``, accepted as a deprecated alias).
+      iterations: the most Newton iterations per solve, an int >= 1 (the reference's
+        ``optim_niter``, accepted as a deprecated alias).
       max_norm: the shared leaves' clipping norm, >= 0 (0: no clipping; may be
         traced).
 
@@ -288,7 +303,9 @@ def nash_mtl_transformation(
     """
     require_shared(shared)
     num_losses = _checks.positive_int(num_losses, "num_losses")
-    _check_hyperparameters(update_weights_every, optim_niter, max_norm)
+    update_every, iterations = _hyperparameters(
+        update_every, iterations, max_norm, update_weights_every, optim_niter
+    )
 
     def init_fn(params: optax.Params) -> NashMTLState:
         del params
@@ -306,8 +323,8 @@ def nash_mtl_transformation(
             )
         flags = selected_leaves(shared, updates)
         alpha = jax.lax.cond(
-            state.count % update_weights_every == 0,
-            lambda: _next_alpha(per_loss, flags, state.alpha, optim_niter),
+            state.count % update_every == 0,
+            lambda: _next_alpha(per_loss, flags, state.alpha, iterations),
             lambda: state.alpha,
         )
         out = [g.astype(leaf.dtype) for g, leaf in zip(_weigh(alpha, per_loss), leaves)]
@@ -321,9 +338,11 @@ def nash_mtl_transformation(
 def nash_mtl(
     shared: Any,
     *,
-    update_weights_every: int = 1,
-    optim_niter: int = DEFAULT_NASH_MTL_ITERATIONS,
+    update_every: int = 1,
+    iterations: int = DEFAULT_NASH_MTL_ITERATIONS,
     max_norm: float = DEFAULT_NASH_MTL_MAX_NORM,
+    update_weights_every: int | None = None,
+    optim_niter: int | None = None,
 ) -> Weighting:
     r"""Nash-MTL: the update the tasks agree on as the Nash bargaining solution.
 
@@ -341,7 +360,7 @@ def nash_mtl(
     the default ``max_norm`` = 1 the shared update always has norm (about) 1 for
     T >= 2: Nash-MTL sets the direction, the clipping its length.
 
-    α is solved every ``update_weights_every`` steps, from the first; the steps in
+    α is solved every ``update_every`` steps, from the first; the steps in
     between reuse it (:class:`NashMTLState`). Where the solver fails (no finite
     positive iterate with residual :math:`\max_i |α_i (Mα)_i - 1| \le 10^{-3}`, as
     wherever no positive solution exists: a task whose shared gradient is zero, or
@@ -358,8 +377,8 @@ def nash_mtl(
     per-loss gradients skipped by a ``jax.lax.cond`` (under ``jax.vmap`` both
     branches run).
 
-    Defaults: ``update_weights_every=1``, ``optim_niter=20``, ``max_norm=1.0``, as in
-    both the authors' code and LibMTL (which agree here). Here ``optim_niter`` caps
+    Defaults: ``update_every=1``, ``iterations=20``, ``max_norm=1.0``, as in
+    both the authors' code and LibMTL (which agree here). Here ``iterations`` caps
     Newton iterations; in the reference it caps the convex programs of its
     convex-concave procedure, each a full ECOS solve (the same number, a different
     unit: 20 Newton iterations reach float32 accuracy on the problems above).
@@ -367,8 +386,10 @@ def nash_mtl(
     Args:
       shared: which leaves of the model's params are shared: a bool tree like them
         (or a prefix), or a callable returning one from a tree of their structure.
-      update_weights_every: solve for α every this many steps, an int >= 1.
-      optim_niter: the most Newton iterations per solve, an int >= 1.
+      update_every: solve for α every this many steps, an int >= 1 (the reference's
+        ``update_weights_every``, accepted as a deprecated alias).
+      iterations: the most Newton iterations per solve, an int >= 1 (the reference's
+        ``optim_niter``, accepted as a deprecated alias).
       max_norm: the shared gradient's clipping norm, >= 0 (0: no clipping; may be
         traced).
 
@@ -391,7 +412,9 @@ def nash_mtl(
       LibMTL's ``Nash_MTL``.
     """
     require_shared(shared)
-    _check_hyperparameters(update_weights_every, optim_niter, max_norm)
+    update_every, iterations = _hyperparameters(
+        update_every, iterations, max_norm, update_weights_every, optim_niter
+    )
 
     def init(num_losses: int) -> tuple[dict[str, jax.Array], NashMTLState]:
         return {}, _init_state(_checks.positive_int(num_losses, "num_losses"))
@@ -407,19 +430,17 @@ def nash_mtl(
 
         def solve(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
             per_loss = jax.tree.leaves(per_loss_gradients(vjp_fn, losses))
-            alpha = _next_alpha(per_loss, flags, previous, optim_niter)
+            alpha = _next_alpha(per_loss, flags, previous, iterations)
             return alpha, _weigh(alpha, per_loss)
 
         def reuse(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
             (grads,) = vjp_fn(previous.astype(losses.dtype))
             return previous, jax.tree.leaves(grads)
 
-        if update_weights_every == 1:
+        if update_every == 1:
             alpha, grads = solve(state.alpha)
         else:
-            alpha, grads = jax.lax.cond(
-                state.count % update_weights_every == 0, solve, reuse, state.alpha
-            )
+            alpha, grads = jax.lax.cond(state.count % update_every == 0, solve, reuse, state.alpha)
         model_grads = jax.tree.unflatten(treedef, _clip_shared(grads, flags, max_norm))
         new_state = NashMTLState(alpha=alpha, count=optax.safe_increment(state.count))
         return WeightingStep(jax.lax.stop_gradient(losses), alpha, model_grads, {}, new_state)
