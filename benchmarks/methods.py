@@ -16,7 +16,10 @@ baselines of ``yoto_jax.baselines``) plus what only the benchmark decides:
 ``METHODS`` lists the methods ``benchmarks/run.py`` runs, in the order they are
 reported; ``GRADIENT_METHODS`` (PCGrad, MGDA, CAGrad) are timed by
 ``benchmarks/method_overhead.py`` but not benchmarked, to keep the quick mode short.
-A new method is one row here.
+``REPRESENTATION_METHODS`` are the gradient-combination methods in representation mode
+(``<name>_rep``: the per-loss gradients of the trunk's output, one backward pass through
+the trunk; :func:`trunk_split`), paired with their parameter-mode rows and run only
+when named. A new method is one row here.
 
 Choices for this harness (see the library's docstrings for the methods' own notes):
 
@@ -36,30 +39,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 import yoto_jax
+from benchmarks.training import Config, MakeWeighting, Setting
 from yoto_jax import baselines
 from yoto_jax.grid import loss_weight_grid, random_loss_weights
 
-Config = Any
 Params = Any
 
-
-class Setting(NamedTuple):
-    """What the task fixes for every run's weighting."""
-
-    shared_mask: Callable[[Params], Any]  # model params -> bool tree, True on the trunk
-    learning_rate: optax.Schedule  # the model's learning-rate schedule
-    primary_val_loss: Callable[[Params, jax.Array], jax.Array]  # (model params, key) ->
-    # the primary loss on a random validation batch of the training batch's size
-
-
-MakeWeighting = Callable[[Config, Setting], yoto_jax.Weighting]
 
 ConfigsFn = Callable[[int, int], list[Config]]
 """(K auxiliary losses, seed) -> the configurations a method trains for that seed."""
@@ -311,3 +304,75 @@ GRADIENT_METHODS: dict[str, Method] = _table(
     ),
 )
 """Timed by ``benchmarks/method_overhead.py``; per-loss gradients (T backward passes)."""
+
+
+TRUNK_MODULES = ("encoder", "trunk")
+"""The names of the tasks' shared Linen modules (those of ``models.encoder_mask``)."""
+
+
+def trunk_split(losses_fn: Callable[[Params], jax.Array]) -> yoto_jax.RepresentationLosses:
+    """``losses_fn`` split at the output z of its Linen trunk (the module named in
+    :data:`TRUNK_MODULES`, called once per evaluation), by Flax's method interception:
+    ``features_fn`` evaluates ``losses_fn`` and returns z (under ``jit`` XLA drops the
+    heads); ``heads_fn(params, z)`` evaluates it with the trunk's call answered by z (the
+    trunk is not run)."""
+
+    def is_trunk(context: Any) -> bool:
+        return context.method_name == "__call__" and context.module.name in TRUNK_MODULES
+
+    def features_fn(params: Params) -> jax.Array:
+        captured = []
+
+        def capture(next_fun, args, kwargs, context):
+            out = next_fun(*args, **kwargs)
+            if is_trunk(context):
+                captured.append(out)
+            return out
+
+        with nn.intercept_methods(capture):
+            losses_fn(params)
+        if len(captured) != 1:
+            raise ValueError(
+                f"the losses call a module named one of {TRUNK_MODULES} {len(captured)} times; "
+                "representation mode needs exactly one trunk call per evaluation."
+            )
+        return captured[0]
+
+    def heads_fn(params: Params, z: jax.Array) -> jax.Array:
+        def replace(next_fun, args, kwargs, context):
+            return z if is_trunk(context) else next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(replace):
+            return losses_fn(params)
+
+    return yoto_jax.representation_losses(features_fn, heads_fn)
+
+
+def in_representation(method: Method) -> Method:
+    """``method`` in representation mode: its weighting's step gets :func:`trunk_split`
+    of each step's losses, named ``<name>_rep``."""
+
+    def weighting(config: Config, setting: Setting) -> yoto_jax.Weighting:
+        inner = method.weighting(config, setting)
+
+        def step(losses_fn, model_params, params, state, *, key=None):
+            return inner.step(trunk_split(losses_fn), model_params, params, state, key=key)
+
+        return inner._replace(step=step)
+
+    summary = f"{method.summary}; on the trunk's output z (representation mode)"
+    return Method(f"{method.name}_rep", weighting, method.configs, summary)
+
+
+REPRESENTATION_METHODS: dict[str, Method] = _table(
+    *(
+        in_representation(table[name])
+        for table, names in (
+            (METHODS, ("gradnorm", "imtl", "aligned_mtl", "upgrad")),
+            (GRADIENT_METHODS, ("pcgrad", "mgda", "cagrad")),
+        )
+        for name in names
+    )
+)
+"""The gradient-combination methods in representation mode (Nash-MTL is not offered
+there yet); selected by name, not run by default."""
