@@ -172,3 +172,19 @@ def test_the_families_refuse_bad_input():
     with pytest.raises(TypeError, match="make_model must be a function"):
         nnx_families(choices, None, optax.sgd(0.1), lambda m, k: {}, lambda m: 0.0)
     assert isinstance(choices["equal"], WeightingChoice)
+
+
+def test_dwa_with_sgd_passes_the_step_counter_check():
+    """Plain SGD has no step count; DWA's state counts steps within its epoch (10), so
+    after a rung of 12 steps it reads 2: it is not taken for the step counter."""
+    families = trainer_families(
+        weighting_choices(2, methods=["dwa"]),
+        lambda key: jnp.zeros(()),
+        lambda theta, key: jnp.stack([(theta - 1.0) ** 2, (theta + 1.0) ** 2]),
+        lambda theta: -(theta**2),
+        optax.sgd(0.1),
+        num_losses=2,
+    )
+    result = yoto_jax.search_methods(families, jax.random.key(0), total_steps=12)
+    assert int(result.best_state.weighting_state.step) == 2
+    np.testing.assert_allclose(result.best_state.params["model"], 0.0, atol=1e-5)

@@ -256,9 +256,10 @@ def abstract_population(
 STEP_COUNTERS = ("count", "step", "steps")
 """Names of the integer leaves read as a state's step counter (an Optax state's
 ``count``, an ``nnx.Optimizer``'s ``step``, a hand-written ``"steps"``)."""
-WRAPPERS = ("inner_state", "inner_opt_state")
+WRAPPERS = ("inner_state", "inner_opt_state", "weighting_state")
 """Fields under which a counter may lag the steps (``optax.apply_if_finite``,
-``optax.MultiSteps``, the trainer's ``NonfiniteSkipState``): not checked."""
+``optax.MultiSteps``, the trainer's ``NonfiniteSkipState``) or count something else
+(a weighting's state in a ``TrainerState``: DWA's steps within its epoch): not read."""
 
 
 def _name(key: Any) -> str | None:
