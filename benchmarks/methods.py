@@ -49,6 +49,9 @@ import optax
 import yoto_jax
 from benchmarks.training import Config, MakeWeighting, Setting
 from yoto_jax import baselines
+from yoto_jax.baselines.dwa import DEFAULT_DWA_TEMPERATURE
+from yoto_jax.baselines.famo import DEFAULT_FAMO_LEARNING_RATE, DEFAULT_FAMO_WEIGHT_DECAY
+from yoto_jax.baselines.gradnorm import DEFAULT_GRADNORM_ALPHA
 from yoto_jax.grid import loss_weight_grid, random_loss_weights
 
 Params = Any
@@ -238,7 +241,7 @@ METHODS: dict[str, Method] = _table(
     Method(
         "dwa",
         lambda config, setting: baselines.dwa(DWA_WINDOW, config["temperature"]),
-        single_config(lambda num_aux: {"temperature": jnp.float32(2.0)}),
+        single_config(lambda num_aux: {"temperature": jnp.float32(DEFAULT_DWA_TEMPERATURE)}),
         f"Liu et al. 2019: T·softmax(L(t-1)/L(t-2)/2), 'epoch' = {DWA_WINDOW} steps",
     ),
     Method(
@@ -250,14 +253,19 @@ METHODS: dict[str, Method] = _table(
     Method(
         "gradnorm",
         lambda config, setting: baselines.gradnorm(setting.shared_mask, config["alpha"]),
-        single_config(lambda num_aux: {"alpha": jnp.float32(1.5)}),
+        single_config(lambda num_aux: {"alpha": jnp.float32(DEFAULT_GRADNORM_ALPHA)}),
         "Chen et al. 2018: α = 1.5, W = the shared trunk, w = T·softmax(s) on the model's Adam",
     ),
     Method(
         "famo",
-        lambda config, setting: baselines.famo(config["learning_rate"], config["weight_decay"]),
+        lambda config, setting: baselines.famo(
+            config["meta_learning_rate"], config["weight_decay"]
+        ),
         single_config(
-            lambda num_aux: {"learning_rate": jnp.float32(0.025), "weight_decay": jnp.float32(1e-3)}
+            lambda num_aux: {
+                "meta_learning_rate": jnp.float32(DEFAULT_FAMO_LEARNING_RATE),
+                "weight_decay": jnp.float32(DEFAULT_FAMO_WEIGHT_DECAY),
+            }
         ),
         "Liu et al. 2023: ξ on its own Adam (lr 0.025, decay 1e-3), losses re-evaluated",
     ),

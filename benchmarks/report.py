@@ -175,6 +175,15 @@ def _study_markdown(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _machine(config: dict[str, Any]) -> str:
+    """The machine, with its CPU count, backend and command where the run recorded them
+    (`benchmarks.record.provenance`; older results have the machine only)."""
+    if "cpu_count" not in config:
+        return config["machine"]
+    command = f"; `{config['command']}`" if "command" in config else ""
+    return f"{config['machine']} ({config['cpu_count']} CPUs, {config['backend']}){command}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """results.md."""
     config = results["config"]
@@ -182,7 +191,7 @@ def markdown(results: dict[str, Any]) -> str:
         "# YOTO benchmark results",
         "",
         (
-            f"{config['date']}, {config['machine']}, jax {config['jax']}; scale {config['scale']}, "
+            f"{config['date']}, {_machine(config)}, jax {config['jax']}; scale {config['scale']}, "
             f"{config['seeds']} seed(s); defaults ε = {config['default_eps']}, ρ = {config['default_rho']}; "
             f"total wall time {config.get('wall_s', float('nan')):.0f} s."
         ),

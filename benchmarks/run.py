@@ -11,10 +11,7 @@ benchmarks/README.md for the tasks, methods, studies and how to read the results
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 import yoto_jax
-from benchmarks import harness, regimes, report, search_methods, studies, tasks
+from benchmarks import harness, record, regimes, report, search_methods, studies, tasks
 from benchmarks.methods import GRID_VALUES, METHODS
 
 ALL_METHODS = (*METHODS, *search_methods.SEARCHES)
@@ -72,7 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.no_sequential = args.no_sequential or args.quick
     args.tasks = _names(args.tasks, tasks.TASKS, "task", parser)
     args.methods = (
-        [] if args.methods == "none" else _names(args.methods, ALL_METHODS, "method", parser)
+        []
+        if args.methods == "none"
+        else search_methods.available(
+            _names(args.methods, (*ALL_METHODS, *search_methods.EXTRA_SEARCHES), "method", parser)
+        )
     )
     args.scale = args.scale or ("quick" if args.quick else "full")
     args.seeds = args.seeds if args.seeds is not None else (1 if args.quick else 5)
@@ -226,13 +227,13 @@ def run_task(name: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict
     }
     bar.update()
     grid = studies.grid(args.scale != "full")
-    trained = [METHODS[m] for m in args.methods if m not in search_methods.SEARCHES]
+    trained = [METHODS[m] for m in args.methods if m not in search_methods.ALL_SEARCHES]
     study_method = None if args.no_studies else studies.method(grid)
     runs = harness.run_methods(
         programs, trained + ([] if study_method is None else [study_method]), seeds, bar
     )
     for method in args.methods:
-        if method in search_methods.SEARCHES:
+        if method in search_methods.ALL_SEARCHES:
             bar.set_description(f"{name}: {method}")
             entry["methods"][method] = search_methods.run(method, programs, seeds)
             bar.update()
@@ -274,11 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             "default_eps": yoto_jax.DEFAULT_EPS,
             "default_rho": yoto_jax.DEFAULT_RHO,
             "grid_values": list(GRID_VALUES),
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()} {platform.processor() or platform.system()}, "
-            f"{os.cpu_count()} CPUs, {jax.devices()[0].platform}",
-            "jax": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            **record.provenance("benchmarks.run", argv),
             "compilation_cache": str(args.compilation_cache),
         },
         "tasks": {},
@@ -311,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["tasks"][name]["studies_s"] = study["wall_s"]
                 results["tasks"][name]["studies_compile_s"] = study["compile_s"]
     results["config"]["wall_s"] = time.perf_counter() - start
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    record.write_json(args.out / "results.json", results)
     report.write(results, args.out)
     for line in report.summary_lines(results):
         print(line)

@@ -14,11 +14,7 @@ continues where it stopped, and a new candidate costs only its own program.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks import record
 from benchmarks.suite import report
 from benchmarks.suite.candidates import CANDIDATES, fixed_rows
 from benchmarks.suite.tasks import TASKS
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
             stored["settings"] = settings
             stored["seconds"] = stored.get("seconds", 0.0) + time.perf_counter() - start
             stored = jax.tree.map(lambda x: np.asarray(x).tolist(), stored)
-            path.write_text(json.dumps(stored))
+            record.write_json(path, stored, indent=None)
         rows = stored["rows"]
         raw[name] = {
             row: jax.tree.map(np.asarray, rows[row], is_leaf=lambda x: isinstance(x, list))
@@ -124,16 +121,11 @@ def main(argv: list[str] | None = None) -> None:
 
     summary = report.summarise(raw, described, candidates)
     meta = {
-        "command": " ".join(["python -m benchmarks.suite", *(argv or sys.argv[1:])]),
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
+        **record.provenance("benchmarks.suite", argv),
         "settings": settings,
         "seconds": seconds,
     }
-    (out / "suite.json").write_text(json.dumps({"meta": meta, **summary}, indent=1))
+    record.write_json(out / "suite.json", {"meta": meta, **summary})
     (out / "suite.md").write_text(report.markdown(summary, meta))
     report.plot(summary, out / "suite.png")
     print((out / "suite.md").read_text())

@@ -16,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import yoto_jax
 from benchmarks import losses as L
 from benchmarks import metrics
-from benchmarks.harness import fit, split_key
-from benchmarks.methods import fixed
 from benchmarks.models import ConvNet
 from benchmarks.scenes import CLASSES, render
 from benchmarks.tasks.base import (
@@ -32,6 +31,7 @@ from benchmarks.tasks.base import (
     split_batch,
     to_device,
 )
+from benchmarks.training import Setting, fit, split_key
 
 OLD_CLASSES = ("disc", "square")
 """The classes the teacher knows (besides the ground)."""
@@ -62,8 +62,13 @@ def _teacher(scale: Scale, data_seed: int) -> tuple[ConvNet, Params]:
     task = _segmentation_task(model, data, training, ("ce",))
     key = jax.random.key(data_seed)
     init = task.init(split_key(key)[0])
-    params, _, _ = fit(task, fixed, {"weights": jnp.ones(1)}, init, key, task.data)
+    params, _, _ = fit(task, _cross_entropy_only, {}, init, key, task.data)
     return model, params
+
+
+def _cross_entropy_only(config: dict, setting: Setting) -> yoto_jax.Weighting:
+    """The teacher's one loss, at weight 1."""
+    return yoto_jax.fixed_weights(jnp.ones(1))
 
 
 def _losses(model: ConvNet, params: Params, batch: Batch) -> jax.Array:
