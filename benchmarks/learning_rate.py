@@ -5,7 +5,12 @@ directions, the final loss) and the suite's ``signal_small`` MLP (Adam, batch 64
 1500 steps, with YOTO and with equal fixed weights; test accuracy and α's trajectory).
 Rows: Adam at 1e-4, 1e-3 (the suite's rate) and 1e-2, and learned from 1e-4 and 1e-2.
 
-Run: ``python -m benchmarks.learning_rate [--seeds 3] [--steps 1500]``.
+``--tasks`` runs issue 21's benchmark instead (``benchmarks.learning_rate_tasks``):
+the three benchmark tasks, against an Adam grid and optax.contrib's
+learning-rate-free optimizers.
+
+Run: ``python -m benchmarks.learning_rate [--seeds 3] [--steps 1500]``, or
+``python -m benchmarks.learning_rate --tasks [--scale quick] [--seeds 3] [--out DIR]``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import optax
 
 import yoto_jax
+from benchmarks import learning_rate_tasks
 from benchmarks.suite.tasks import TASKS
 from yoto_jax import learning_rate
 
@@ -134,7 +140,13 @@ def main() -> None:
     parser.add_argument(
         "--shrink-ratio", type=float, default=None, help="override SHRINK_RATIO (1: symmetric)"
     )
+    parser.add_argument("--tasks", action="store_true", help="issue 21's task benchmark instead")
+    parser.add_argument("--scale", default="quick", help="with --tasks: quick or full")
+    parser.add_argument("--out", default=None, help="with --tasks: the JSON and PNGs' folder")
     args = parser.parse_args()
+    if args.tasks:
+        learning_rate_tasks.main(args.scale, args.seeds, args.out)
+        return
     if args.shrink_ratio is not None:
         learning_rate.SHRINK_RATIO = args.shrink_ratio
     print(f"SHRINK_RATIO {learning_rate.SHRINK_RATIO:g}")

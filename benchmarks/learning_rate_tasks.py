@@ -1,0 +1,443 @@
+"""Issue 21's benchmark: a learned learning rate against an Adam grid and optax.contrib.
+
+On the three benchmark tasks (``benchmarks.tasks``), each with the 3×3 grid's best
+fixed loss weights and with YOTO, rows of one optimizer each:
+
+* Adam (the harness's cosine decay to 0) at a 5-point grid of initial rates
+  3e-4 … 3e-2, the run with the best validation metric per seed (5 runs of compute);
+* Adam at the grid's best rate, chosen in hindsight on the seed-mean test metric
+  (the oracle, 1 run), and at 10× below and above it;
+* ``optax.contrib``'s prodigy, dadapt_adamw, mechanize (around Adam at rate 1), dog and
+  schedule_free_adamw at their defaults (schedule-free evaluated at its averaged
+  iterate);
+* ``yoto_jax.learned_learning_rate(optax.scale_by_adam(), α₀)`` from α₀ 10× below and
+  10× above the oracle rate (no schedule: α is all it has).
+
+Batches, initialisations and evaluation are the harness's (``benchmarks.harness``):
+within a seed every row sees the same initial model and batches. Each optimizer is
+one program vmapped over its rates and seeds. The test metric is measured every
+``log_every`` steps (for the plots against compute), α as well.
+
+Run: ``python -m benchmarks.learning_rate --tasks [--scale quick] [--seeds 3] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import yoto_jax
+from benchmarks import tasks as task_suite
+from benchmarks.harness import evaluate, seed_key
+from benchmarks.tasks.base import Task
+from benchmarks.training import split_key
+
+ADAM_RATES = tuple(float(f"{3e-3 * 10.0 ** (k / 2):.2g}") for k in range(-4, 5))
+"""Adam's sweep, 3e-3 (the tasks' rate) × 10^(k/2), k = -4 … 4. The 5-point grid is
+the middle five (3e-4 … 3e-2); the outer ones make 10× either side of the grid's best
+a run of the same program."""
+
+GRID = slice(2, 7)
+
+GRID_BEST_WEIGHTS = {
+    "depth": (1.0, 0.1, 0.01),
+    "segmentation": (1.0, 1.0, 0.1),
+    "multidigits": (1.0, 0.01, 0.1),
+}
+"""The 3×3 grid's best loss weights (seed-mean test metric) in the full-scale benchmark
+of docs/benchmark-2026-12-04/results.md, primary first."""
+
+CONTRIB: dict[str, Callable[[], optax.GradientTransformation]] = {
+    "prodigy": lambda: optax.contrib.prodigy(),
+    "dadapt_adamw": lambda: optax.contrib.dadapt_adamw(),
+    "mechanize(adam)": lambda: optax.contrib.mechanize(optax.adam(1.0)),
+    "dog": lambda: optax.contrib.dog(),
+    "schedule_free_adamw": lambda: optax.contrib.schedule_free_adamw(),
+}
+"""optax.contrib's learning-rate-free optimizers at their defaults (Mechanic around Adam
+at rate 1, as its docstring asks)."""
+
+MACHINE = "2-core AMD EPYC VM, CPU"
+
+
+class Row(NamedTuple):
+    """A member of the task's one program: ``optimizer`` indexes ``[Adam or learned,
+    *CONTRIB]``; ``rate`` is Adam's initial rate or the learned α₀; ``meta`` is β (0 for
+    a fixed rate); ``decay`` turns on the cosine decay to 0 (the harness's Adam)."""
+
+    optimizer: int
+    rate: float
+    meta: float
+    decay: bool
+
+
+def members() -> dict[str, Row]:
+    """Adam and the learned rate at every rate of ``ADAM_RATES``, and each contrib
+    optimizer: the runs of one seed."""
+    beta = yoto_jax.DEFAULT_META_LEARNING_RATE
+    adam = {f"Adam {r:g}": Row(0, r, 0.0, True) for r in ADAM_RATES}
+    learned = {f"learned from {r:g}": Row(0, r, beta, False) for r in ADAM_RATES}
+    contrib = {name: Row(i + 1, 1.0, 0.0, False) for i, name in enumerate(CONTRIB)}
+    return adam | learned | contrib
+
+
+def one_of(txs: list[optax.GradientTransformation], index: jax.Array):
+    """The transformation ``txs[index]``, ``index`` traced: the state holds every one's
+    state and a step updates only the chosen one's (under ``vmap`` every member
+    computes all the updates and keeps its own: one program for all optimizers)."""
+    txs = [optax.with_extra_args_support(tx) for tx in txs]
+
+    def init_fn(params):
+        return tuple(tx.init(params) for tx in txs)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        def branch(i: int):
+            def chosen(updates, state, params):
+                new_updates, inner = txs[i].update(updates, state[i], params, **extra_args)
+                return new_updates, (*state[:i], inner, *state[i + 1 :])
+
+            return chosen
+
+        branches = [branch(i) for i in range(len(txs))]
+        return jax.lax.switch(index, branches, updates, state, params)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def optimizer(row: dict[str, jax.Array], steps: int) -> optax.GradientTransformation:
+    """The row's optimizer from its traced fields (see `Row`)."""
+    shape = optax.cosine_decay_schedule(1.0, steps)
+    adam_or_learned = optax.chain(
+        yoto_jax.learned_learning_rate(
+            optax.scale_by_adam(), row["rate"], meta_learning_rate=row["meta"]
+        ),
+        optax.scale_by_schedule(lambda count: jnp.where(row["decay"], shape(count), 1.0)),
+    )
+    return one_of([adam_or_learned, *(make() for make in CONTRIB.values())], row["optimizer"])
+
+
+def weightings(task: Task) -> dict[str, Callable[[], yoto_jax.Weighting]]:
+    weights = jnp.asarray(GRID_BEST_WEIGHTS[task.name], jnp.float32)
+    return {"grid-best weights": lambda: yoto_jax.fixed_weights(weights), "YOTO": yoto_jax.yoto}
+
+
+def states_of(tree: Any, kind: type) -> list[Any]:
+    """The states of type ``kind`` inside an optimizer state."""
+    leaves = jax.tree.leaves(tree, is_leaf=lambda s: isinstance(s, kind))
+    return [s for s in leaves if isinstance(s, kind)]
+
+
+def evaluated_model(state: yoto_jax.TrainerState, row: dict[str, jax.Array]) -> Any:
+    """The model's params, or for schedule-free Adam its averaged iterate x, where it is
+    evaluated (not the gradient point y)."""
+    (free,) = states_of(state.opt_state, optax.contrib.ScheduleFreeState)
+    is_free = row["optimizer"] == 1 + list(CONTRIB).index("schedule_free_adamw")
+    y, z = state.params["model"], free.z["model"]
+    return jax.tree.map(
+        lambda y, z: jnp.where(is_free, (y - (1.0 - free.b1) * z) / free.b1, y), y, z
+    )
+
+
+def step_size(opt_state: optax.OptState, row: dict[str, jax.Array], count, steps: int):
+    """Adam's or the learned α the next step applies (nan for the contrib optimizers)."""
+    (state,) = states_of(opt_state, yoto_jax.LearnedLearningRateState)
+    shape = jnp.where(row["decay"], optax.cosine_decay_schedule(1.0, steps)(count), 1.0)
+    return jnp.where(row["optimizer"] == 0, yoto_jax.learning_rate_of(state) * shape, jnp.nan)
+
+
+def program(task: Task, weighting: Callable[[], yoto_jax.Weighting]):
+    """``(rows, keys, data) -> results`` as one vmapped program: each member trains with
+    its row's optimizer from its key (the harness's initialisation and batches); the
+    results hold the test metric and α every ``log_every`` steps, and the final
+    validation metric."""
+    steps, batch_size, _, log_every, _, fresh = task.training
+    if fresh or steps % log_every:
+        raise ValueError(f"{task.name}: needs batches with replacement and log_every | steps.")
+
+    def one(row: dict[str, jax.Array], key: jax.Array, data) -> dict[str, jax.Array]:
+        train = yoto_jax.trainer(weighting(), optimizer(row, steps))
+        init_key, loop_key = split_key(key)
+        loop_key = jax.random.split(loop_key)[0]
+        num_train = jax.tree.leaves(data.train)[0].shape[0]
+
+        def step(state, index):
+            keys = jax.random.split(jax.random.fold_in(loop_key, index), 3)
+            chosen = jax.random.randint(keys[0], (batch_size,), 0, num_train)
+            batch = jax.tree.map(lambda x: x[chosen], data.train)
+            state, _ = train.step(state, lambda p: task.losses(p, batch, keys[1]), keys[2])
+            return state, None
+
+        def interval(state, start):
+            state, _ = jax.lax.scan(step, state, start + jnp.arange(log_every))
+            test = evaluate(task, evaluated_model(state, row), data.test)[task.metric]
+            return state, (test, step_size(state.opt_state, row, start + log_every, steps))
+
+        state = train.init(task.init(init_key), len(task.loss_names))
+        state, (curve, rates) = jax.lax.scan(interval, state, jnp.arange(0, steps, log_every))
+        val = evaluate(task, evaluated_model(state, row), data.val)[task.metric]
+        return {"curve": curve, "rates": rates, "val": val, "test": curve[-1]}
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, None)))
+
+
+def run_task(task: Task, weighting, seeds: list[int]) -> dict[str, dict[str, np.ndarray]]:
+    """Every member of `members` for every seed, as one program; per member arrays with
+    a leading seed axis, and the program's seconds."""
+    rows = members()
+    fields = {
+        name: jnp.repeat(jnp.asarray([getattr(r, name) for r in rows.values()]), len(seeds))
+        for name in Row._fields
+    }
+    keys = jnp.stack([seed_key(seed) for seed in seeds] * len(rows))
+    start = time.perf_counter()
+    out = jax.block_until_ready(program(task, weighting)(fields, keys, task.data))
+    seconds = time.perf_counter() - start
+    shape = (len(rows), len(seeds))
+    out = {k: np.asarray(v).reshape(*shape, *v.shape[1:]) for k, v in out.items()}
+    found = {name: {k: v[i] for k, v in out.items()} for i, name in enumerate(rows)}
+    return found | {"seconds": seconds}
+
+
+def task_rows(task: Task, weighting, seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """Issue 21's rows on one task with one weighting: per row the per-seed final test
+    and validation metrics, the per-seed curves and α, and the runs it costs; and the
+    final test metric of Adam and of the learned rate from every rate of the sweep."""
+    runs = run_task(task, weighting, seeds)
+    score = 1.0 if task.higher_is_better else -1.0
+    grid = [f"Adam {r:g}" for r in ADAM_RATES[GRID]]
+    val = np.stack([runs[name]["val"] for name in grid])  # (5, seeds)
+    test = np.stack([runs[name]["test"] for name in grid])
+    pick = np.argmax(score * val, axis=0)
+    oracle = GRID.start + int(np.argmax(score * test.mean(axis=1)))
+    best = ADAM_RATES[oracle]
+    seeds_ = np.arange(len(seeds))
+
+    def row(name: str, **extra) -> dict[str, Any]:
+        return {k: runs[name][k] for k in ("test", "val", "curve", "rates")} | {"runs": 1} | extra
+
+    grid_row = {
+        k: np.stack([runs[name][k] for name in grid])[pick, seeds_]
+        for k in ("test", "val", "curve", "rates")
+    }
+    rows = {
+        GRID_ROW: grid_row | {"runs": 5, "chosen": [ADAM_RATES[GRID][i] for i in pick]},
+        "Adam at the grid's best (oracle)": row(f"Adam {best:g}", rate=best),
+        "Adam 10× too small": row(f"Adam {ADAM_RATES[oracle - 2]:g}", rate=ADAM_RATES[oracle - 2]),
+        "Adam 10× too large": row(f"Adam {ADAM_RATES[oracle + 2]:g}", rate=ADAM_RATES[oracle + 2]),
+        **{name: row(name) for name in CONTRIB},
+        LEARNED[0]: row(f"learned from {ADAM_RATES[oracle - 2]:g}", rate=ADAM_RATES[oracle - 2]),
+        LEARNED[1]: row(f"learned from {ADAM_RATES[oracle + 2]:g}", rate=ADAM_RATES[oracle + 2]),
+    }
+    sweep = {
+        kind: [runs[f"{kind} {r:g}"]["test"] for r in ADAM_RATES]
+        for kind in ("Adam", "learned from")
+    }
+    return {"rows": rows, "sweep": sweep, "seconds": runs["seconds"]}
+
+
+LEARNED = ("learned, 10× too small", "learned, 10× too large")
+GRID_ROW = "Adam, 5-point grid by validation"
+
+
+def summary(results: dict, higher: dict[str, bool]) -> dict[str, Any]:
+    """Ranks (1 = best seed-mean test metric) per task and weighting, average ranks, and
+    the done-when checks: each learned row's paired difference to the grid (+ favours
+    the learned rate) and whether its shortfall is within the grid's seed std."""
+    ranks: dict[str, dict[str, float]] = {}
+    noise: dict[str, dict[str, Any]] = {}
+    for task, by_weighting in results.items():
+        score = 1.0 if higher[task] else -1.0
+        for weighting, rows in by_weighting.items():
+            means = {name: score * np.mean(row["test"]) for name, row in rows.items()}
+            ranks[f"{task} / {weighting}"] = {  # ties share their mean rank
+                name: 1.0
+                + sum(other > mine for other in means.values())
+                + (sum(other == mine for other in means.values()) - 1) / 2
+                for name, mine in means.items()
+            }
+            grid = np.asarray(rows[GRID_ROW]["test"])
+            for name in LEARNED:
+                diff = score * (np.asarray(rows[name]["test"]) - grid)
+                noise.setdefault(f"{task} / {weighting}", {})[name] = {
+                    "paired_mean": float(diff.mean()),
+                    "paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff)))
+                    if len(diff) > 1
+                    else float("nan"),
+                    "grid_seed_std": float(grid.std()),
+                    "within_noise": bool(diff.mean() >= -grid.std()),
+                }
+    names = list(next(iter(ranks.values())))
+    average = {
+        scope: {
+            name: float(
+                np.mean(
+                    [r[name] for key, r in ranks.items() if scope in ("all", key.split(" / ")[1])]
+                )
+            )
+            for name in names
+        }
+        for scope in ("all", "grid-best weights", "YOTO")
+    }
+    return {"ranks": ranks, "average_ranks": average, "learned_vs_grid": noise}
+
+
+def markdown(results: dict, info: dict, higher: dict[str, bool], verdict: dict) -> str:
+    lines = []
+    for task, by_weighting in results.items():
+        metric = info[task]["metric"]
+        better = "higher" if higher[task] else "lower"
+        lines += [
+            f"**{task}** (test {metric}, {better} is better; {info[task]['steps']} steps):",
+            "",
+            "| row | grid-best weights | YOTO | runs |",
+            "|---|---|---|---|",
+        ]
+        for name, row in by_weighting["grid-best weights"].items():
+            cells = []
+            for weighting in by_weighting:
+                r = by_weighting[weighting][name]
+                rank = f"{verdict['ranks'][f'{task} / {weighting}'][name]:g}"
+                rate = f" @ {r['rate']:.2g}" if "rate" in r else ""
+                cells.append(f"{np.mean(r['test']):.4f} ± {np.std(r['test']):.4f} (#{rank}){rate}")
+            lines.append(f"| {name} | {' | '.join(cells)} | {row['runs']} |")
+        lines.append("")
+    lines += ["| row | average rank (all) | grid-best weights | YOTO |", "|---|---|---|---|"]
+    for name, value in verdict["average_ranks"]["all"].items():
+        per = [verdict["average_ranks"][w][name] for w in ("grid-best weights", "YOTO")]
+        lines.append(f"| {name} | {value:.2f} | {per[0]:.2f} | {per[1]:.2f} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, sweeps: dict, info: dict, path: Path, title: str) -> None:
+    """Per task (columns) and weighting: the seed-mean test metric against compute, the
+    learned α's trajectory, and the final test metric against the initial rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results)
+    names = list(next(iter(results.values())))
+    figure, axes = plt.subplots(
+        3 * len(names), len(tasks), figsize=(5.5 * len(tasks), 4 * 3 * len(names)), squeeze=False
+    )
+    for column, task in enumerate(tasks):
+        log_every, metric = info[task]["log_every"], info[task]["metric"]
+        for w, weighting in enumerate(names):
+            curves, rates, sweep = (axes[3 * w + i, column] for i in range(3))
+            rows = results[task][weighting]
+            curves.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, len(rows))))
+            for name, row in rows.items():
+                curve = np.mean(row["curve"], axis=0)
+                compute = row["runs"] * log_every * np.arange(1, len(curve) + 1)
+                style = "-" if name in LEARNED else ("--" if name.startswith("Adam") else ":")
+                curves.plot(compute, curve, style, marker=".", label=name)
+            for name in (*LEARNED, "Adam at the grid's best (oracle)"):
+                with np.errstate(divide="ignore"):  # Adam's rate ends at 0
+                    alpha = np.exp(np.mean(np.log(rows[name]["rates"]), axis=0))
+                steps = log_every * np.arange(1, len(alpha) + 1)
+                rates.plot(steps, alpha, "-" if name in LEARNED else "k--", label=name)
+            for kind, values in sweeps[task][weighting].items():
+                values = np.asarray(values)
+                sweep.errorbar(
+                    ADAM_RATES, values.mean(axis=1), values.std(axis=1), marker="o", label=kind
+                )
+            sweep.axvspan(ADAM_RATES[GRID][0], ADAM_RATES[GRID][-1], color="0.9")
+            sweep.set_xscale("log")
+            rates.set_yscale("log")
+            curves.set(xlabel="gradient steps (all runs of the row)", title=f"{task}, {weighting}")
+            curves.set_ylabel(f"test {metric} (seed mean)")
+            rates.set(xlabel="step", ylabel="α (geometric seed mean)")
+            rates.set_title(f"{task}, {weighting}: the step size")
+            sweep.set(xlabel="initial rate (shaded: the 5-point grid)", ylabel=f"test {metric}")
+            sweep.set_title(f"{task}, {weighting}: Adam and learned α from each rate")
+            for axis in (curves, rates, sweep):
+                axis.legend(fontsize=6)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.99))
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def to_json(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: to_json(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [to_json(v) for v in tree]
+    if isinstance(tree, (np.ndarray, np.generic)):
+        return tree.tolist()
+    return tree
+
+
+def main(scale: str, seeds: int, out: str | None) -> None:
+    start = time.perf_counter()
+    command = "python -m benchmarks.learning_rate " + " ".join(sys.argv[1:])
+    header = (
+        f"{MACHINE}, jax {jax.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}; `{command}`"
+    )
+    print(header)
+    built = {name: task_suite.build(name, scale) for name in task_suite.TASKS}
+    seed_list = list(range(seeds))
+    bar = tqdm(total=len(built) * 2, desc="programs")
+    results: dict[str, dict[str, Any]] = {}
+    sweeps: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    info, higher = {}, {}
+    for name, task in built.items():
+        higher[name] = task.higher_is_better
+        info[name] = {
+            "metric": task.metric,
+            "steps": task.training.steps,
+            "log_every": task.training.log_every,
+        }
+        results[name], sweeps[name], seconds[name] = {}, {}, {}
+        for weighting, make in weightings(task).items():
+            bar.set_description(f"{name}, {weighting}")
+            found = task_rows(task, make, seed_list)
+            results[name][weighting] = found["rows"]
+            sweeps[name][weighting] = found["sweep"]
+            seconds[name][weighting] = found["seconds"]
+            bar.update(1)
+    bar.close()
+    verdict = summary(results, higher)
+    table = markdown(results, info, higher, verdict)
+    print(table)
+    print(json.dumps(verdict["learned_vs_grid"], indent=1))
+    wall = time.perf_counter() - start
+    print(f"wall {wall:.0f} s")
+    if out is not None:
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        record = {
+            "config": {
+                "scale": scale,
+                "seeds": seeds,
+                "machine": f"{MACHINE} ({platform.machine()}), {jax.devices()[0].platform}",
+                "jax": jax.__version__,
+                "optax": optax.__version__,
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
+                "command": command,
+                "adam_rates": ADAM_RATES,
+                "grid": ADAM_RATES[GRID],
+                "grid_best_weights": GRID_BEST_WEIGHTS,
+                "wall_s": wall,
+            },
+            "tasks": info,
+            "program_seconds": seconds,
+            "results": results,
+            "sweeps": sweeps,
+            "summary": verdict,
+        }
+        (folder / f"results_{scale}.json").write_text(json.dumps(to_json(record), indent=1))
+        plot(results, sweeps, info, folder / f"curves_{scale}.png", header)
