@@ -228,3 +228,12 @@ def test_renamed_hyperparameters_keep_their_old_names_as_deprecated_aliases(buil
         np.testing.assert_array_equal(a, b)
     with pytest.raises(TypeError, match="deprecated alias, not a second option"):
         build(*args, **old, **{next(iter(new)): 7})
+
+
+def test_the_trainer_names_a_swapped_or_wrong_argument():
+    """trainer(weighting, tx) with the two swapped, or a string for tx, used to fail
+    with an AttributeError from inside the trainer."""
+    with pytest.raises(TypeError, match=r"weighting must be a yoto_jax.Weighting .* got Gradient"):
+        yoto_jax.trainer(optax.adam(1e-3), yoto_jax.yoto())
+    with pytest.raises(TypeError, match=r"tx must be an optax.GradientTransformation .* got str"):
+        yoto_jax.trainer(yoto_jax.yoto(), "adam")

@@ -162,6 +162,16 @@ def trainer(
       >>> bool(log.skipped), int(state.opt_state.total_notfinite), state.params["model"]
       (True, 1, Array([0., 0., 0.], dtype=float32))
     """
+    if not isinstance(weighting, Weighting):
+        raise TypeError(
+            "weighting must be a yoto_jax.Weighting (yoto_jax.yoto(), a method of "
+            f"yoto_jax.baselines, ...), got {type(weighting).__name__}; the optimizer is tx."
+        )
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(
+            "tx must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), got "
+            f"{type(tx).__name__}."
+        )
     full_tx = weighting.optimizer(tx)
 
     def init(model_params: Params, num_losses: int) -> TrainerState:
