@@ -1,11 +1,11 @@
 """The searches: ``halving_best``, ``pbt_best``, ``select_best`` and the Optuna rows.
 
-``halving_best`` and ``pbt_best`` search over the 9 configurations of ``grid_best`` (successive halving) or start a
-population of the same 9 (PBT), train with the benchmark's one training loop
-(`benchmarks.training.training`:
-the same model, initialisation, batches and schedule as every other method of a seed,
-so halving's winner is trained exactly as the grid's run of the same configuration),
-score members on the whole validation split, and report the winner's test metric.
+``halving_best`` and ``pbt_best`` search over the 9 configurations of ``grid_best``
+(successive halving) or start a population of the same 9 (PBT), train with the
+benchmark's one training loop (`benchmarks.training.training`: the same model,
+initialisation, batches and schedule as every other method of a seed, so halving's
+winner is trained exactly as the grid's run of the same configuration), score members
+on the whole validation split, and report the winner's test metric.
 
 * ``halving_best``: ``yoto_jax.successive_halving`` with eta = 3: 9 members for a third
   of the steps, the best 3 for another third, the best one to the end; (9 + 3 + 1) / 3 =
@@ -239,7 +239,8 @@ def _select_best(name: str, task: Task) -> Callable[[int], Outcome]:
     """``seed -> Outcome`` of ``yoto_jax.search_methods`` over the benchmark's rows of
     ``SELECT_METHODS`` (one member each) and the library's fixed rows."""
     weightings = {m: METHODS[m].weighting for m in SELECT_METHODS} | {"fixed": fixed}
-    functions = {m: _functions(task, weighting) for m, weighting in weightings.items()}
+    shared = {w: _functions(task, w) for w in set(weightings.values())}  # equal is fixed's
+    functions = {m: shared[weighting] for m, weighting in weightings.items()}
     rows = fixed_rows(task.num_aux + 1, DEFAULT_FIXED_VALUES)
 
     def one_seed(seed: int) -> Outcome:
@@ -292,14 +293,15 @@ def _optuna_search(name: str, task: Task) -> Callable[[int], Outcome]:
     init_fn, train_fn, eval_fn = _functions(task)
     init, train, score = jax.jit(init_fn), jax.jit(train_fn, static_argnums=3), jax.jit(eval_fn)
     steps, pruning = task.training.steps, name == "optuna_hyperband"
-    chunks = rung_lengths(steps, OPTUNA_CHUNKS, None, f"{OPTUNA_CHUNKS} chunks")
+    num_chunks = min(OPTUNA_CHUNKS, steps)
+    chunks = rung_lengths(steps, num_chunks, None, f"{num_chunks} chunks")
     budget = halving_budget(steps)
     low, high = min(GRID_VALUES), max(GRID_VALUES)
     better = np.greater if task.higher_is_better else np.less
 
     def one_seed(seed: int) -> Outcome:
         pruner = (
-            optuna.pruners.HyperbandPruner(1, OPTUNA_CHUNKS, ETA)
+            optuna.pruners.HyperbandPruner(1, num_chunks, ETA)
             if pruning
             else optuna.pruners.NopPruner()
         )
