@@ -1,6 +1,7 @@
 """The families of yoto_jax.method_families, run as docs/search.md's "Choosing the
-weighting method" section shows them, against members trained alone by hand: an NNX
-loop (split once, merge and train_step per step) and a trainer loop, with the keys
+weighting method" section shows them, against members trained alone by hand: the NNX
+loop of tests/test_nnx_search.py (split once, merge and train_step per step; the docs'
+``Model`` takes the weighting where that test's takes the config) and a trainer loop, with the keys
 the search gives them (``member_keys(family_key(key, name), i, R)``)."""
 
 import pathlib
@@ -12,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from test_nnx_search import train_directly  # the hand-written NNX loop
 
 import yoto_jax
 from yoto_jax.method_families import (
@@ -22,7 +24,6 @@ from yoto_jax.method_families import (
     weighting_choices,
 )
 from yoto_jax.method_search import family_key
-from yoto_jax.nnx import train_step
 
 DOC = pathlib.Path(__file__).parent.parent / "docs" / "search.md"
 SECTION = "## Choosing the weighting method"
@@ -40,26 +41,6 @@ def example():
 
 def member_keys_of(key, family, index, num_rungs):
     return yoto_jax.member_keys(family_key(key, family), index, num_rungs)
-
-
-def nnx_trained_alone(ns, weighting, init_key, rung_keys, rung_steps):
-    """One NNX member trained by hand with the search's keys."""
-    model = ns["Model"](weighting, nnx.Rngs(init_key))
-    optimizer = nnx.Optimizer(model, model.loss_weights.optimizer(ns["tx"]), wrt=nnx.Param)
-    graphdef, state = nnx.split((model, optimizer))
-
-    @jax.jit
-    def step(state, key):
-        model, optimizer = nnx.merge(graphdef, state)
-        batch_key, weighting_key = jax.random.split(key)
-        losses = lambda model: ns["losses_fn"](model, batch_key)
-        train_step(model, optimizer, model.loss_weights, losses, key=weighting_key)
-        return nnx.state((model, optimizer))
-
-    for rung_key, num_steps in zip(rung_keys, rung_steps, strict=True):
-        for key in jax.random.split(rung_key, num_steps):
-            state = step(state, key)
-    return nnx.merge(graphdef, state)[0]
 
 
 def assert_close(actual, expected, ulps=8):
@@ -86,7 +67,7 @@ def test_the_nnx_winner_is_its_member_trained_alone(example):
     init_key, rung_keys = member_keys_of(
         jax.random.key(1), result.best_family, result.best_index, 3
     )
-    model = nnx_trained_alone(example, weighting, init_key, rung_keys, [30, 30, 30])
+    model = train_directly(example, weighting, init_key, rung_keys, [30, 30, 30])
     assert_close(result.best_state[0], nnx.state(model), ulps=64)
     assert_close(example["model"].trunk.kernel[...], model.trunk.kernel[...], ulps=64)
     np.testing.assert_allclose(result.history[-1].scores[0], example["metric_fn"](model), rtol=1e-4)
@@ -98,7 +79,7 @@ def test_the_docs_halving_over_one_family(example):
     assert [len(r.indices) for r in halving.history] == [3, 1]
     init_key, rung_keys = yoto_jax.member_keys(jax.random.key(1), halving.best_index, 2)
     weighting = yoto_jax.fixed_weights(rows[halving.best_index])
-    model = nnx_trained_alone(example, weighting, init_key, rung_keys, [30, 30])
+    model = train_directly(example, weighting, init_key, rung_keys, [30, 30])
     np.testing.assert_allclose(
         halving.history[-1].scores[0], example["metric_fn"](model), rtol=1e-4
     )

@@ -6,11 +6,7 @@ configurations, so its states may have any structure. Every rung trains each fam
 survivors as one jitted, vmapped program, scores them with the family's ``eval_fn``,
 and keeps the best :math:`\max(1, \lfloor n / \eta \rfloor)` of all families together.
 
-References:
-  K. Jamieson and A. Talwalkar, "Non-stochastic Best Arm Identification and
-  Hyperparameter Optimization", AISTATS 2016.
-  L. Li, K. Jamieson, G. DeSalvo, A. Rostamizadeh and A. Talwalkar, "Hyperband: A Novel
-  Bandit-Based Approach to Hyperparameter Optimization", JMLR 2018 (arXiv:1603.06560).
+References: those of :mod:`yoto_jax.halving`.
 """
 
 from __future__ import annotations
