@@ -294,8 +294,8 @@ def clip_everything(original):
     "name, broken",
     [
         ("_solve", orthogonal_solution),
-        ("_weigh", unweighted_heads),
-        ("_clip_shared", clip_everything),
+        ("weighted_leaves", unweighted_heads),
+        ("clip_shared_leaves", clip_everything),
     ],
 )
 def test_a_broken_update_fails_the_reference_comparison(name, broken, rng, monkeypatch):

@@ -63,6 +63,8 @@ METHODS = {
     "imtl_gradient": lambda: bl.imtl(SHARED, mode="gradient"),
     "imtl_hybrid": lambda: bl.imtl(SHARED, log_scale_init=0.3),
     "gradnorm": lambda: bl.gradnorm(SHARED),
+    "nash_mtl": lambda: bl.nash_mtl(SHARED),
+    "nash_mtl_every_2": lambda: bl.nash_mtl(SHARED, update_every=2, max_norm=0.0),
 }
 
 

@@ -53,6 +53,9 @@ Combine = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
+CLIP_EPS = 1e-6
+"""``torch.nn.utils.clip_grad_norm_``'s ε: the scale is max_norm / (norm + 1e-6)."""
+
 
 def dot(a: jax.Array, b: jax.Array) -> jax.Array:
     """``a @ b`` at full float32 precision, whatever the backend's or the scope's default
@@ -136,6 +139,32 @@ def per_loss_gradients(vjp_fn: Callable[[jax.Array], tuple[Params]], losses: jax
     keeping the forward pass of ``vjp_fn`` for weighted gradients)."""
     (grads,) = jax.vmap(vjp_fn)(jnp.eye(losses.shape[0], dtype=losses.dtype))
     return grads
+
+
+def weighted_leaves(alpha: jax.Array, per_loss: list[jax.Array]) -> list[jax.Array]:
+    """Σ_i α_i g_i for every leaf, at full precision, in the leaf's dtype."""
+    out = []
+    for grads in per_loss:
+        dtype = _checks.compute_dtype(grads)
+        combined = dot(alpha.astype(dtype), grads.astype(dtype).reshape(grads.shape[0], -1))
+        out.append(combined.reshape(grads.shape[1:]).astype(grads.dtype))
+    return out
+
+
+def clip_shared_leaves(
+    leaves: list[jax.Array], flags: list[bool], max_norm: Any
+) -> list[jax.Array]:
+    """The shared leaves scaled by min(1, max_norm / (‖shared‖ + 1e-6)), as torch's
+    ``clip_grad_norm_``; max_norm = 0 disables it."""
+    if _checks.concrete_float(max_norm) == 0.0:
+        return leaves
+    squared = [jnp.sum(jnp.square(leaf.astype(_checks.compute_dtype(leaf)))) for leaf in leaves]
+    norm = jnp.sqrt(sum(s for s, flag in zip(squared, flags) if flag))
+    factor = jnp.minimum(1.0, max_norm / (norm + CLIP_EPS))
+    factor = jnp.where(max_norm > 0, factor, 1.0)
+    return [
+        (leaf * factor).astype(leaf.dtype) if flag else leaf for leaf, flag in zip(leaves, flags)
+    ]
 
 
 def per_loss_leaves(

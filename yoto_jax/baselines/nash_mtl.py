@@ -13,6 +13,7 @@ from yoto_jax import _checks
 from yoto_jax.baselines._common import selected_leaves
 from yoto_jax.baselines._gradients import (
     checked_gram,
+    clip_shared_leaves,
     dot,
     gram,
     losses_vjp,
@@ -20,7 +21,9 @@ from yoto_jax.baselines._gradients import (
     per_loss_leaves,
     require_shared,
     shared_matrix,
+    weighted_leaves,
 )
+from yoto_jax.representation import RepresentationLosses, representation_gradients
 from yoto_jax.weighting import Weighting, WeightingStep
 
 DEFAULT_NASH_MTL_ITERATIONS = 20
@@ -30,7 +33,6 @@ DEFAULT_NASH_MTL_MAX_NORM = 1.0
 """The global norm the shared parameters' gradient is clipped to (the reference's ``max_norm``)."""
 
 _TOLERANCE = 1e-3  # accepted residual max_i |α_i (Mα)_i - 1| (the reference stops at 1e-3)
-_CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_: scale = max_norm / (norm + 1e-6)
 
 
 class NashMTLState(NamedTuple):
@@ -191,30 +193,6 @@ def nash_mtl_weights(
     return jnp.where(converged, alpha, fallback.astype(gram.dtype))
 
 
-def _weigh(alpha: jax.Array, per_loss: list[jax.Array]) -> list[jax.Array]:
-    """Σ_i α_i g_i for every leaf, at full precision, in the leaf's dtype."""
-    out = []
-    for grads in per_loss:
-        dtype = _checks.compute_dtype(grads)
-        combined = dot(alpha.astype(dtype), grads.astype(dtype).reshape(grads.shape[0], -1))
-        out.append(combined.reshape(grads.shape[1:]).astype(grads.dtype))
-    return out
-
-
-def _clip_shared(leaves: list[jax.Array], flags: list[bool], max_norm: Any) -> list[jax.Array]:
-    """The shared leaves scaled by min(1, max_norm / (‖shared‖ + 1e-6)), as torch's
-    ``clip_grad_norm_``; max_norm = 0 disables it."""
-    if _checks.concrete_float(max_norm) == 0.0:
-        return leaves
-    squared = [jnp.sum(jnp.square(leaf.astype(_checks.compute_dtype(leaf)))) for leaf in leaves]
-    norm = jnp.sqrt(sum(s for s, flag in zip(squared, flags) if flag))
-    factor = jnp.minimum(1.0, max_norm / (norm + _CLIP_EPS))
-    factor = jnp.where(max_norm > 0, factor, 1.0)
-    return [
-        (leaf * factor).astype(leaf.dtype) if flag else leaf for leaf, flag in zip(leaves, flags)
-    ]
-
-
 def _next_alpha(
     per_loss: list[jax.Array], flags: list[bool], previous: jax.Array, iterations: int
 ) -> jax.Array:
@@ -327,8 +305,8 @@ def nash_mtl_transformation(
             lambda: _next_alpha(per_loss, flags, state.alpha, iterations),
             lambda: state.alpha,
         )
-        out = [g.astype(leaf.dtype) for g, leaf in zip(_weigh(alpha, per_loss), leaves)]
-        out = _clip_shared(out, flags, max_norm)
+        out = [g.astype(leaf.dtype) for g, leaf in zip(weighted_leaves(alpha, per_loss), leaves)]
+        out = clip_shared_leaves(out, flags, max_norm)
         new_state = NashMTLState(alpha=alpha, count=optax.safe_increment(state.count))
         return jax.tree.unflatten(treedef, out), new_state
 
@@ -375,7 +353,10 @@ def nash_mtl(
     T x T solve;
     between updates one forward and one backward pass (the weighted loss), the
     per-loss gradients skipped by a ``jax.lax.cond`` (under ``jax.vmap`` both
-    branches run).
+    branches run). With a ``losses_fn`` from :func:`yoto_jax.representation_losses`,
+    α comes from the Gram matrix of the gradients with respect to the representation
+    z (:mod:`yoto_jax.representation`), the model's gradient of :math:`\sum_i α_i l_i`
+    one backward pass (clipped on the ``shared`` leaves).
 
     Defaults: ``update_every=1``, ``iterations=20``, ``max_norm=1.0``, as in
     both the authors' code and LibMTL (which agree here). Here ``iterations`` caps
@@ -424,24 +405,35 @@ def nash_mtl(
 
     def step(losses_fn, model_params, params, state: NashMTLState, *, key=None) -> WeightingStep:
         num_losses = state.alpha.shape[0]
-        losses, vjp_fn = losses_vjp(losses_fn, model_params, num_losses)
         treedef = jax.tree.structure(model_params)
         flags = selected_leaves(shared, model_params)
+        if isinstance(losses_fn, RepresentationLosses):  # α from the gradients of z
+            rep = representation_gradients(losses_fn, model_params, num_losses)
+            losses, rows = rep.losses, jax.tree.leaves(rep.per_loss)
 
-        def solve(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-            per_loss = jax.tree.leaves(per_loss_gradients(vjp_fn, losses))
-            alpha = _next_alpha(per_loss, flags, previous, iterations)
-            return alpha, _weigh(alpha, per_loss)
+            def reuse(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+                return previous, jax.tree.leaves(rep.weighted_gradient(previous))
 
-        def reuse(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-            (grads,) = vjp_fn(previous.astype(losses.dtype))
-            return previous, jax.tree.leaves(grads)
+            def solve(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+                return reuse(_next_alpha(rows, [True] * len(rows), previous, iterations))
+
+        else:
+            losses, vjp_fn = losses_vjp(losses_fn, model_params, num_losses)
+
+            def solve(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+                per_loss = jax.tree.leaves(per_loss_gradients(vjp_fn, losses))
+                alpha = _next_alpha(per_loss, flags, previous, iterations)
+                return alpha, weighted_leaves(alpha, per_loss)
+
+            def reuse(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+                (grads,) = vjp_fn(previous.astype(losses.dtype))
+                return previous, jax.tree.leaves(grads)
 
         if update_every == 1:
             alpha, grads = solve(state.alpha)
         else:
             alpha, grads = jax.lax.cond(state.count % update_every == 0, solve, reuse, state.alpha)
-        model_grads = jax.tree.unflatten(treedef, _clip_shared(grads, flags, max_norm))
+        model_grads = jax.tree.unflatten(treedef, clip_shared_leaves(grads, flags, max_norm))
         new_state = NashMTLState(alpha=alpha, count=optax.safe_increment(state.count))
         return WeightingStep(jax.lax.stop_gradient(losses), alpha, model_grads, {}, new_state)
 
