@@ -376,11 +376,11 @@ REPRESENTATION_METHODS: dict[str, Method] = _table(
     *(
         in_representation(table[name])
         for table, names in (
-            (METHODS, ("gradnorm", "imtl", "aligned_mtl", "upgrad")),
+            (METHODS, ("gradnorm", "nash_mtl", "imtl", "aligned_mtl", "upgrad")),
             (GRADIENT_METHODS, ("pcgrad", "mgda", "cagrad")),
         )
         for name in names
     )
 )
-"""The gradient-combination methods in representation mode (Nash-MTL is not offered
-there yet); selected by name, not run by default."""
+"""The gradient-combination methods in representation mode; selected by name, not run
+by default."""
