@@ -144,11 +144,11 @@ def main() -> None:
     parser.add_argument("--scale", default="quick", help="with --tasks: quick or full")
     parser.add_argument("--out", default=None, help="with --tasks: the JSON and PNGs' folder")
     args = parser.parse_args()
+    if args.shrink_ratio is not None:
+        learning_rate.SHRINK_RATIO = args.shrink_ratio
     if args.tasks:
         learning_rate_tasks.main(args.scale, args.seeds, args.out)
         return
-    if args.shrink_ratio is not None:
-        learning_rate.SHRINK_RATIO = args.shrink_ratio
     print(f"SHRINK_RATIO {learning_rate.SHRINK_RATIO:g}")
     print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}")
     quadratic_table(args.quadratic_steps)

@@ -18,7 +18,9 @@ within a seed every row sees the same initial model and batches. Each optimizer 
 one program vmapped over its rates and seeds. The test metric is measured every
 ``log_every`` steps (for the plots against compute), α as well.
 
-Run: ``python -m benchmarks.learning_rate --tasks [--scale quick] [--seeds 3] [--out DIR]``.
+Run: ``python -m benchmarks.learning_rate --tasks [--scale quick] [--seeds 3] [--out DIR]``
+(``--shrink-ratio R`` overrides ``yoto_jax.learning_rate.SHRINK_RATIO``; the files then
+end in ``_shrinkR``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ from benchmarks import tasks as task_suite
 from benchmarks.harness import evaluate, seed_key
 from benchmarks.tasks.base import Task
 from benchmarks.training import split_key
+from yoto_jax import learning_rate
+from yoto_jax.learning_rate import SHRINK_RATIO as DEFAULT_SHRINK_RATIO
 
 ADAM_RATES = tuple(float(f"{3e-3 * 10.0 ** (k / 2):.2g}") for k in range(-4, 5))
 """Adam's sweep, 3e-3 (the tasks' rate) × 10^(k/2), k = -4 … 4. The 5-point grid is
@@ -422,6 +426,7 @@ def main(scale: str, seeds: int, out: str | None) -> None:
         record = {
             "config": {
                 "scale": scale,
+                "shrink_ratio": learning_rate.SHRINK_RATIO,
                 "seeds": seeds,
                 "machine": f"{MACHINE} ({platform.machine()}), {jax.devices()[0].platform}",
                 "jax": jax.__version__,
@@ -439,5 +444,8 @@ def main(scale: str, seeds: int, out: str | None) -> None:
             "sweeps": sweeps,
             "summary": verdict,
         }
-        (folder / f"results_{scale}.json").write_text(json.dumps(to_json(record), indent=1))
-        plot(results, sweeps, info, folder / f"curves_{scale}.png", header)
+        name = scale
+        if learning_rate.SHRINK_RATIO != DEFAULT_SHRINK_RATIO:
+            name += f"_shrink{learning_rate.SHRINK_RATIO:g}"
+        (folder / f"results_{name}.json").write_text(json.dumps(to_json(record), indent=1))
+        plot(results, sweeps, info, folder / f"curves_{name}.png", header)
