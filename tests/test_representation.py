@@ -251,6 +251,56 @@ def test_loss_weighting_methods_use_it_unchanged(rng):
         np.testing.assert_array_equal(u, v)
 
 
+def test_nnx_train_step_matches_the_functional_trainer(rng):
+    """yoto_jax.nnx.train_step with a representation split of the NNX model trains as the
+    functional trainer with the same split of the params (MGDA-UB, two SGD steps)."""
+    from flax import nnx
+
+    from yoto_jax.nnx import LossWeights, train_step
+
+    x = jnp.asarray(rng.normal(size=(BATCH, INPUTS)), jnp.float32)
+    y = jnp.asarray(rng.normal(size=(BATCH, 2)), jnp.float32)
+
+    def heads_of(kernel, bias, z):
+        out = z @ kernel + bias
+        return {
+            "a": jnp.mean((out[:, 0] - y[:, 0]) ** 2),
+            "b": jnp.mean(jnp.tanh(out[:, 1]) - y[:, 1]) ** 2,
+        }
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.trunk = nnx.Linear(INPUTS, FEATURES, rngs=nnx.Rngs(1))
+            self.heads = nnx.Linear(FEATURES, 2, rngs=nnx.Rngs(2))
+            self.loss_weights = LossWeights("a", ["b"], weighting=bl.mgda(True))
+
+    model = Net()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params.pop("loss_weights", None)
+    optimizer = nnx.Optimizer(model, model.loss_weights.optimizer(optax.sgd(0.3)), wrt=nnx.Param)
+    split = yoto_jax.representation_losses(
+        lambda m: jnp.tanh(m.trunk(x)),
+        lambda m, z: heads_of(m.heads.kernel[...], m.heads.bias[...], z),
+    )
+    step = nnx.jit(lambda model, optimizer: train_step(model, optimizer, model.loss_weights, split))
+    functional = yoto_jax.representation_losses(
+        lambda p: jnp.tanh(x @ p["trunk"]["kernel"] + p["trunk"]["bias"]),
+        lambda p, z: jnp.stack(
+            list(heads_of(p["heads"]["kernel"], p["heads"]["bias"], z).values())
+        ),
+    )
+    train = yoto_jax.trainer(bl.mgda(True), optax.sgd(0.3))
+    state = train.init(params, 2)
+    for _ in range(2):
+        step(model, optimizer)
+        state, _ = jax.jit(train.step, static_argnums=1)(state, functional)
+    trained = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    for part in ("trunk", "heads"):
+        for leaf in ("kernel", "bias"):
+            _close(trained[part][leaf], state.params["model"][part][leaf])
+    assert not np.allclose(trained["trunk"]["kernel"], params["trunk"]["kernel"])
+
+
 def _sharded_worker() -> dict:
     """In a process with 8 CPU devices: three MGDA-UB trainer steps on a batch split over
     the devices, and the same on one device; the final params of both."""

@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 from jax.typing import ArrayLike
 
+from yoto_jax.by_name import ByName
 from yoto_jax.composite import (
     DEFAULT_EPS,
     DEFAULT_LOSS_FLOOR,
@@ -35,25 +36,10 @@ from yoto_jax.diagnostics import (
     ordered_losses,
     report_names,
 )
+from yoto_jax.representation import RepresentationLosses
 from yoto_jax.selection import MU_KEY
 from yoto_jax.weighting import Weighting
 from yoto_jax.yoto_weighting import yoto
-
-
-@jax.tree_util.register_pytree_with_keys_class
-class ByName(dict):
-    """A dict of arrays by loss name that keeps its order through ``jax.jit`` and other
-    transformations (a plain dict comes out of them with its keys sorted)."""
-
-    def tree_flatten_with_keys(self) -> tuple[list, tuple[str, ...]]:
-        return [(jax.tree_util.DictKey(name), value) for name, value in self.items()], tuple(self)
-
-    def tree_flatten(self) -> tuple[list, tuple[str, ...]]:
-        return list(self.values()), tuple(self)
-
-    @classmethod
-    def tree_unflatten(cls, names: tuple[str, ...], values: list) -> ByName:
-        return cls(zip(names, values))
 
 
 class WeightingParam(nnx.Param):
@@ -255,7 +241,9 @@ def train_step(
       optimizer: ``nnx.Optimizer(model, loss_weights.optimizer(tx), wrt=nnx.Param)``.
       loss_weights: the :class:`LossWeights` of this objective.
       losses_fn: ``model -> {name: scalar loss}``, exactly the names of ``loss_weights``
-        (a missing or unweighted name raises a ``KeyError``).
+        (a missing or unweighted name raises a ``KeyError``); or, for representation
+        mode, :func:`yoto_jax.representation_losses` of ``model -> z`` and
+        ``(model, z) -> {name: scalar loss}``.
       key: this step's PRNG key, for random methods (RLW, PCGrad).
 
     Returns:
@@ -292,8 +280,11 @@ def train_step(
     def model_of(params: nnx.State) -> nnx.Module:
         return nnx.merge(graphdef, own_params, params, rest)
 
-    def losses_vector(params: nnx.State) -> jax.Array:
-        return loss_weights.vector(losses_fn(model_of(params)))
+    losses_vector = (
+        losses_fn.on_model(model_of, loss_weights.vector)
+        if isinstance(losses_fn, RepresentationLosses)
+        else lambda params: loss_weights.vector(losses_fn(model_of(params)))
+    )
 
     token = _MODEL_OF.set(model_of)
     try:

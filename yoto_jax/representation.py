@@ -89,6 +89,17 @@ class RepresentationLosses:
     def __call__(self, model_params: Params) -> jax.Array:
         return self.heads_fn(model_params, self.features_fn(model_params))
 
+    def on_model(
+        self, model_of: Callable[[Params], Any], to_vector: Callable[[Any], jax.Array]
+    ) -> RepresentationLosses:
+        """This split for functions of a model: ``features_fn(model_of(params))`` and
+        ``to_vector(heads_fn(model_of(params), z))`` (how :func:`yoto_jax.nnx.train_step`
+        takes an NNX model's split, whose heads return a dict of losses)."""
+        return RepresentationLosses(
+            lambda params: self.features_fn(model_of(params)),
+            lambda params, z: to_vector(self.heads_fn(model_of(params), z)),
+        )
+
     def __repr__(self) -> str:
         return f"representation_losses({self.features_fn!r}, {self.heads_fn!r})"
 
