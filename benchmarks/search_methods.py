@@ -324,7 +324,7 @@ def _optuna_search(name: str, task: Task) -> Callable[[int], Outcome]:
                     break
                 state = train(state, config, None, length)
                 used, trained = used + length, trained + length
-                if pruning:
+                if pruning and chunk + 1 < len(chunks):  # a trained trial is finished
                     trial.report(float(score(state, config)), chunk + 1)
                     if trial.should_prune():
                         status = "pruned"
