@@ -77,8 +77,6 @@ class RepresentationLosses:
       heads_fn: ``(model_params, z) -> (T,)`` losses.
     """
 
-    __slots__ = ("features_fn", "heads_fn")
-
     def __init__(self, features_fn: FeaturesFn, heads_fn: HeadsFn):
         for fn, name in ((features_fn, "features_fn"), (heads_fn, "heads_fn")):
             if not callable(fn):
