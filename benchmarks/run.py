@@ -26,9 +26,12 @@ from tqdm import tqdm
 
 import yoto_jax
 from benchmarks import harness, record, regimes, report, search_methods, studies, tasks
-from benchmarks.methods import GRID_VALUES, METHODS
+from benchmarks.methods import GRADIENT_METHODS, GRID_VALUES, METHODS, REPRESENTATION_METHODS
 
 ALL_METHODS = (*METHODS, *search_methods.SEARCHES)
+"""The default rows; ``--methods`` may also name the extra searches, PCGrad, MGDA and
+CAGrad, and the representation-mode rows (``<name>_rep``)."""
+TRAINED = {**METHODS, **GRADIENT_METHODS, **REPRESENTATION_METHODS}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,7 +75,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         []
         if args.methods == "none"
         else search_methods.available(
-            _names(args.methods, (*ALL_METHODS, *search_methods.EXTRA_SEARCHES), "method", parser)
+            _names(
+                args.methods,
+                (
+                    *ALL_METHODS,
+                    *search_methods.EXTRA_SEARCHES,
+                    *GRADIENT_METHODS,
+                    *REPRESENTATION_METHODS,
+                ),
+                "method",
+                parser,
+            )
         )
     )
     args.scale = args.scale or ("quick" if args.quick else "full")
@@ -227,7 +240,7 @@ def run_task(name: str, args: argparse.Namespace, bar: tqdm) -> tuple[dict, dict
     }
     bar.update()
     grid = studies.grid(args.scale != "full")
-    trained = [METHODS[m] for m in args.methods if m not in search_methods.ALL_SEARCHES]
+    trained = [TRAINED[m] for m in args.methods if m not in search_methods.ALL_SEARCHES]
     study_method = None if args.no_studies else studies.method(grid)
     runs = harness.run_methods(
         programs, trained + ([] if study_method is None else [study_method]), seeds, bar

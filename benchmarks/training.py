@@ -64,7 +64,12 @@ class Run(NamedTuple):
 
 
 def training(
-    task: Task, weighting: MakeWeighting, config: Config, key: jax.Array, data: Splits
+    task: Task,
+    weighting: MakeWeighting,
+    config: Config,
+    key: jax.Array,
+    data: Splits,
+    optimizer: Callable[[optax.Schedule], optax.GradientTransformation] = optax.adam,
 ) -> Run:
     """The training of one run with ``yoto_jax.trainer``: Adam on a cosine from
     ``task.training.learning_rate`` to 0 over ``task.training.steps``; the step's batch,
@@ -77,6 +82,8 @@ def training(
       config: its configuration.
       key: the run's key (``split_key(key)[0]`` initialises the model).
       data: ``task.data`` (passed as an argument, so that it is not a compiled constant).
+      optimizer: the model's optimizer from its learning-rate schedule (Adam; the
+        learning-rate benchmark passes others).
     """
     steps, batch_size, learning_rate, _, _, fresh = task.training
     loop_key = jax.random.split(split_key(key)[1])[0]
@@ -91,7 +98,7 @@ def training(
         return task.losses(model_params, batch, loss_key)[0]
 
     setting = Setting(task.shared_mask, schedule, primary_val_loss)
-    train = yoto_jax.trainer(weighting(config, setting), optax.adam(schedule))
+    train = yoto_jax.trainer(weighting(config, setting), optimizer(schedule))
 
     def init(model_params: Params) -> yoto_jax.TrainerState:
         return train.init(model_params, len(task.loss_names))
