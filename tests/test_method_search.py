@@ -324,8 +324,10 @@ SGD = FAMILIES["sgd"]
             {"sgd": (SGD[0], ignores_num_steps, *SGD[2:])},
             {},
             ValueError,
-            r"family 'sgd': train_fn was asked for num_steps=6 steps, but member 0's step "
-            r"counters advanced \['count'\] by 1",
+            (
+                r"family 'sgd': train_fn was asked for num_steps=6 steps, but member 0's step "
+                r"counters advanced \['count'\] by 1"
+            ),
         ),
         (FAMILIES, {"eta": 1}, ValueError, "eta"),
         (
