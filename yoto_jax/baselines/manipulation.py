@@ -69,22 +69,27 @@ class PCGradState(NamedTuple):
 
 
 def _pcgrad_combine(grads: jax.Array, state: PCGradState) -> tuple[jax.Array, PCGradState]:
+    """PCGrad on the Gram matrix: each projected gradient is a combination Σ_k c_k g_k of
+    the rows, so its products with the rows are c·M[:, j]; only the sum of the final
+    coefficients meets G. No (T, n) temporaries besides G and its Gram matrix."""
     num_losses = grads.shape[0]
     next_key, order_key = jax.random.split(state.key)
-    squared_norms = jnp.sum(grads**2, axis=1)
+    matrix = gram(grads)
+    squared_norms = jnp.diagonal(matrix)
+    eye = jnp.eye(num_losses, dtype=matrix.dtype)
 
     def project(i: jax.Array, key: jax.Array) -> jax.Array:
-        def against(g: jax.Array, j: jax.Array) -> tuple[jax.Array, None]:
-            product = dot(g, grads[j])
+        def against(c: jax.Array, j: jax.Array) -> tuple[jax.Array, None]:
+            product = dot(c, matrix[:, j])  # g_i' · g_j
             conflict = (j != i) & (product < 0) & (squared_norms[j] > 0)
             scale = jnp.where(conflict, product / jnp.where(conflict, squared_norms[j], 1.0), 0.0)
-            return g - scale * grads[j], None
+            return c - scale * eye[j], None
 
-        return jax.lax.scan(against, grads[i], jax.random.permutation(key, num_losses))[0]
+        return jax.lax.scan(against, eye[i], jax.random.permutation(key, num_losses))[0]
 
     keys = jax.random.split(order_key, num_losses)
-    projected = jax.vmap(project)(jnp.arange(num_losses), keys)
-    return jnp.sum(projected, axis=0), PCGradState(next_key)
+    coefficients = jax.vmap(project)(jnp.arange(num_losses), keys)
+    return dot(jnp.sum(coefficients, axis=0), grads), PCGradState(next_key)
 
 
 def pcgrad_transformation(
@@ -98,6 +103,9 @@ def pcgrad_transformation(
     The update of the shared parameters is :math:`\sum_i g_i'`; the other leaves keep
     ``updates``, the sum :math:`\sum_i g_i`.
 
+    Every :math:`g_i'` is a combination of the rows of G, so the projections are
+    computed on the coefficients and the T x T Gram matrix (:math:`g_i' \cdot g_j`
+    from it), and G meets only the final sum: no T copies of the gradients in memory.
     The order is drawn anew for every task and step from the state's key. As in the
     paper's Algorithm 1, j runs over the other tasks; the reference codes also
     project against i itself, which changes nothing unless :math:`g_i'` has turned
