@@ -13,7 +13,6 @@ gradients of the shared representation z, one backward pass through the trunk.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import subprocess
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_manipulation import min_norm_reference_weights
 
 import yoto_jax
 from yoto_jax import baselines as bl
@@ -125,31 +125,10 @@ def _reference_gradients(x, y, params):
     return per_loss, head_sum
 
 
-def _min_norm_reference(matrix):
-    """The min-norm point of the rows' convex hull, exactly: the best of the affine
-    minimisers over every face of the simplex whose weights are nonnegative."""
-    gram = matrix @ matrix.T
-    best, best_alpha = np.inf, None
-    for size in range(1, T + 1):
-        for face in itertools.combinations(range(T), size):
-            idx = list(face)
-            kkt = np.zeros((size + 1, size + 1))
-            kkt[:size, :size] = gram[np.ix_(idx, idx)]
-            kkt[:size, size] = kkt[size, :size] = 1.0
-            solution = np.linalg.lstsq(kkt, np.r_[np.zeros(size), 1.0], rcond=None)[0][:size]
-            if np.all(solution >= -1e-12):
-                alpha = np.zeros(T)
-                alpha[idx] = solution
-                value = alpha @ gram @ alpha
-                if value < best:
-                    best, best_alpha = value, alpha
-    return best_alpha
-
-
 def test_mgda_ub_matches_numpy_reference(rng):
     x, y, params = _linear_problem(rng)
     per_loss, head_sum = _reference_gradients(x, y, params)
-    alpha = _min_norm_reference(per_loss.reshape(T, -1))
+    alpha = min_norm_reference_weights(per_loss.reshape(T, -1))
     assert np.sum(alpha > 1e-6) >= 2  # not a vertex: the solver's interior matters
     expected_trunk = x.T @ np.tensordot(alpha, per_loss, 1)
     weighting = bl.mgda(SHARED)
