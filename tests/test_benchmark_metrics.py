@@ -1,6 +1,5 @@
 """The benchmark's losses and metrics against their definitions, computed by hand in NumPy."""
 
-
 import numpy as np
 
 from benchmarks import losses, metrics

@@ -1,7 +1,6 @@
 """The regime map's pieces: grown training splits, one level on the tiny multidigits task,
 and its report rows."""
 
-
 import jax
 import numpy as np
 

@@ -2,7 +2,6 @@
 exactly as the grid's run of the same configuration (same initialisation, batches and
 schedule), and both report their compute in member-steps."""
 
-
 import numpy as np
 
 from benchmarks import harness, search_methods, tasks
