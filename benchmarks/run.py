@@ -1,8 +1,11 @@
 """Benchmark: one YOTO run against the best of a 9-run grid search and random search.
 
-    python -m benchmarks.run [--quick] [--tasks a,b] [--seeds N] [--out DIR]
+    python -m benchmarks.run [--quick [--all]] [--tasks a,b] [--seeds N] [--out DIR]
                              [--methods a,b] [--scale tiny|quick|full] [--no-studies]
                              [--no-sequential]
+
+``--quick`` runs `QUICK_METHODS`, one or two methods of each kind (``make demo``);
+``--quick --all`` and the full mode run every default row.
 
 Writes ``results.json``, ``results.md`` and PNG plots to ``--out`` (see
 benchmarks/README.md for the tasks, methods, studies and how to read the results).
@@ -32,6 +35,13 @@ ALL_METHODS = (*METHODS, *search_methods.SEARCHES)
 """The default rows; ``--methods`` may also name the extra searches, PCGrad, MGDA and
 CAGrad, and the representation-mode rows (``<name>_rep``)."""
 TRAINED = {**METHODS, **GRADIENT_METHODS, **REPRESENTATION_METHODS}
+QUICK_METHODS = (
+    *("yoto", "yoto_paper", "yoto_previous", "grid_best", "random_best", "equal"),
+    *("uncertainty", "dwa", "auto_lambda", "aligned_mtl", "upgrad", "halving_best"),
+)
+"""The quick mode's rows: YOTO's three settings and the grid, random search and equal
+weights (two shared programs), two loss-weighting methods, Auto-λ's lookahead, two
+gradient-combination methods and successive halving; keeps ``make demo`` near 2 min."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="1 seed, quick scale, reduced studies")
     parser.add_argument("--tasks", default=",".join(tasks.TASKS), help="comma-separated tasks")
     parser.add_argument(
-        "--methods", default=",".join(ALL_METHODS), help="comma-separated methods, or 'none'"
+        "--methods",
+        default=None,
+        help="comma-separated methods, or 'none' (default: every default row; with --quick, "
+        "QUICK_METHODS unless --all)",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="with --quick: every default row, not QUICK_METHODS"
     )
     parser.add_argument("--seeds", type=int, default=None, help="seeds (default 5, or 1 quick)")
     parser.add_argument("--scale", choices=tasks.SCALES, default=None, help="task sizes")
@@ -71,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.fast_compile = args.quick if args.fast_compile is None else args.fast_compile
     args.no_sequential = args.no_sequential or args.quick
     args.tasks = _names(args.tasks, tasks.TASKS, "task", parser)
+    if args.methods is None:
+        args.methods = ",".join(QUICK_METHODS if args.quick and not args.all else ALL_METHODS)
     args.methods = (
         []
         if args.methods == "none"
