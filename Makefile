@@ -1,5 +1,5 @@
 # Entry points that set everything up on a fresh machine with Python 3.11+ and pip:
-#   make demo   - the benchmark's quick mode (every method on every task, 3-6 min on 2 cores)
+#   make demo   - the benchmark's quick mode (12 methods on 3 tasks, about 3 min on 2 cores)
 #   make test   - the whole test suite and every docstring example
 #   make lint   - ruff check and ruff format --check
 #   make docs   - the HTML documentation in docs/_build/html (fails on any warning)
