@@ -26,8 +26,6 @@ end in ``_shrinkR``).
 from __future__ import annotations
 
 import json
-import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +38,7 @@ import optax
 from tqdm import tqdm
 
 import yoto_jax
+from benchmarks import record
 from benchmarks import tasks as task_suite
 from benchmarks.harness import evaluate, seed_key
 from benchmarks.tasks.base import Task
@@ -71,8 +70,6 @@ CONTRIB: dict[str, Callable[[], optax.GradientTransformation]] = {
 }
 """optax.contrib's learning-rate-free optimizers at their defaults (Mechanic around Adam
 at rate 1, as its docstring asks)."""
-
-MACHINE = "2-core AMD EPYC VM, CPU"
 
 
 class Row(NamedTuple):
@@ -386,9 +383,10 @@ def to_json(tree: Any) -> Any:
 
 def main(scale: str, seeds: int, out: str | None) -> None:
     start = time.perf_counter()
-    command = "python -m benchmarks.learning_rate " + " ".join(sys.argv[1:])
+    source = record.provenance("benchmarks.learning_rate")
     header = (
-        f"{MACHINE}, jax {jax.__version__}, {time.strftime('%Y-%m-%d', time.gmtime())}; `{command}`"
+        f"{source['machine']} ({source['cpu_count']} CPUs, {source['backend']}), "
+        f"jax {source['jax']}, {source['date'][:10]}; `{source['command']}`"
     )
     print(header)
     built = {name: task_suite.build(name, scale) for name in task_suite.TASKS}
@@ -422,17 +420,13 @@ def main(scale: str, seeds: int, out: str | None) -> None:
     print(f"wall {wall:.0f} s")
     if out is not None:
         folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        record = {
+        stored = {
             "config": {
+                **source,
                 "scale": scale,
                 "shrink_ratio": learning_rate.SHRINK_RATIO,
                 "seeds": seeds,
-                "machine": f"{MACHINE} ({platform.machine()}), {jax.devices()[0].platform}",
-                "jax": jax.__version__,
                 "optax": optax.__version__,
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
-                "command": command,
                 "adam_rates": ADAM_RATES,
                 "grid": ADAM_RATES[GRID],
                 "grid_best_weights": GRID_BEST_WEIGHTS,
@@ -447,5 +441,5 @@ def main(scale: str, seeds: int, out: str | None) -> None:
         name = scale
         if learning_rate.SHRINK_RATIO != DEFAULT_SHRINK_RATIO:
             name += f"_shrink{learning_rate.SHRINK_RATIO:g}"
-        (folder / f"results_{name}.json").write_text(json.dumps(to_json(record), indent=1))
+        record.write_json(folder / f"results_{name}.json", to_json(stored))
         plot(results, sweeps, info, folder / f"curves_{name}.png", header)

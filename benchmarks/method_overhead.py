@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 
 import jax
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 import yoto_jax
 from benchmarks import losses as L
+from benchmarks import record
 from benchmarks.harness import Programs, seed_key
 from benchmarks.methods import (
     GRADIENT_METHODS,
@@ -250,8 +250,7 @@ def main() -> None:
         "scale": args.scale,
         "steps_per_sample": args.steps,
         "rounds": args.rounds,
-        "device": str(jax.devices()[0].device_kind),
-        "jax": jax.__version__,
+        **record.provenance("benchmarks.method_overhead"),
         "by_num_losses": {},
     }
     for count in counts:
@@ -270,8 +269,7 @@ def main() -> None:
                 f"{result['memory_ratio'][name]:6.2f}"
             )
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump(report, file, indent=2)
+        record.write_json(args.json, report, indent=2)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import re
 import statistics
 import time
@@ -44,6 +43,7 @@ import jax.numpy as jnp
 import optax
 
 import yoto_jax
+from benchmarks import record
 from benchmarks.models import ConvNet, depth_conv_net, depth_loss_vector
 from yoto_jax.trainer import WEIGHTING
 
@@ -379,8 +379,7 @@ def summarise(measured: dict[str, Any]) -> dict[str, Any]:
         "calls_per_sample": measured["calls_per_sample"],
         "steps_per_call": measured["steps_per_call"],
         "rounds": len(next(iter(measured["samples"].values()))["fixed"]),
-        "device": str(jax.devices()[0].device_kind),
-        "jax": jax.__version__,
+        **record.provenance("benchmarks.overhead"),
     }
 
 
@@ -464,8 +463,7 @@ def main() -> None:
     print("\nTop-level HLO of the compiled steps, fixed → YOTO (YOTO's extra):")
     print(program_table(report))
     if args.json:
-        with open(args.json, "w") as file:
-            json.dump(report, file, indent=2)
+        record.write_json(args.json, report, indent=2)
     retraced = {n: c for n, c in report["compiles"].items() if set(c.values()) != {1}}
     if retraced:
         raise SystemExit(f"a step compiled more than once: {retraced}")
