@@ -209,6 +209,14 @@ def renamed(value: Any, default: Any, name: str, old_value: Any, old_name: str) 
     return old_value
 
 
+def functions(**named: Any) -> None:
+    """Raises a TypeError naming the first of ``named`` (argument name -> value) that is
+    not callable."""
+    for name, function in named.items():
+        if not callable(function):
+            raise TypeError(f"{name} must be a function, got {type(function).__name__}.")
+
+
 def boolean(x: Any, name: str) -> bool:
     """`x` as a Python bool when it is a Python or NumPy bool (not a string or a number).
 

@@ -86,9 +86,7 @@ def search_inputs(
 
 def search_members(functions: dict[str, Any], configs: Any, minimum: int) -> tuple[Any, int]:
     """``(configs as arrays, N)`` checked, as :func:`search_inputs` does."""
-    for name, function in functions.items():
-        if not callable(function):
-            raise TypeError(f"{name} must be a function, got {type(function).__name__}.")
+    _checks.functions(**functions)
     num = _checks.num_configs(configs, "configs", integers=True)
     if num < minimum:
         raise ValueError(

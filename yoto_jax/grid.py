@@ -58,8 +58,7 @@ def vmapped_training(
       >>> run(weights, jax.random.key(0), jnp.array([1.0, 2.0]), jnp.array([1.0, 3.0]))
       Array([1.4, 1. ], dtype=float32)
     """
-    if not callable(train_one):
-        raise TypeError(f"train_one must be a function, got {type(train_one).__name__}.")
+    _checks.functions(train_one=train_one)
 
     def run(hparams: Any, keys: ArrayLike, *args: Any) -> Metrics:
         num = _checks.num_configs(hparams, "hparams")

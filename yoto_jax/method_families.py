@@ -182,13 +182,7 @@ def trainer_families(
       ('fixed', 0.818)
     """
     num_losses = _checks.positive_int(num_losses, "num_losses", minimum=2)
-    for name, function in (
-        ("init_params", init_params),
-        ("losses_fn", losses_fn),
-        ("metric_fn", metric_fn),
-    ):
-        if not callable(function):
-            raise TypeError(f"{name} must be a function, got {type(function).__name__}.")
+    _checks.functions(init_params=init_params, losses_fn=losses_fn, metric_fn=metric_fn)
     families = {}
     for name, choice in _checked(choices).items():
         families[name] = (
@@ -251,8 +245,7 @@ def nnx_families(
       :func:`yoto_jax.nnx_search.search_functions`: a member's state is the
       ``nnx.State`` of its model and ``nnx.Optimizer``.
     """
-    if not callable(make_model):
-        raise TypeError(f"make_model must be a function, got {type(make_model).__name__}.")
+    _checks.functions(make_model=make_model)
     return {
         name: (
             *search_functions(

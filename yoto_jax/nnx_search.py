@@ -12,6 +12,7 @@ import jax
 import optax
 from flax import nnx
 
+from yoto_jax import _checks
 from yoto_jax.nnx import LossWeights, train_step
 
 
@@ -89,13 +90,7 @@ def search_functions(
       >>> result.best_index, round(float(result.best_state[0]["theta"][...]), 4)
       (1, 0.0)
     """
-    for name, function in (
-        ("make_model", make_model),
-        ("losses_fn", losses_fn),
-        ("metric_fn", metric_fn),
-    ):
-        if not callable(function):
-            raise TypeError(f"{name} must be a function, got {type(function).__name__}.")
+    _checks.functions(make_model=make_model, losses_fn=losses_fn, metric_fn=metric_fn)
     if not callable(tx) and not isinstance(tx, optax.GradientTransformation):
         raise TypeError(
             f"tx must be an optax.GradientTransformation or a function config -> one, got "

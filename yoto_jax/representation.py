@@ -78,9 +78,7 @@ class RepresentationLosses:
     """
 
     def __init__(self, features_fn: FeaturesFn, heads_fn: HeadsFn):
-        for fn, name in ((features_fn, "features_fn"), (heads_fn, "heads_fn")):
-            if not callable(fn):
-                raise TypeError(f"{name} must be a function, got {type(fn).__name__}.")
+        _checks.functions(features_fn=features_fn, heads_fn=heads_fn)
         self.features_fn = features_fn
         self.heads_fn = heads_fn
 
