@@ -140,7 +140,9 @@ def theta_of(name: str, state: Any) -> np.ndarray:
     )
 
 
-def reference_search(families: dict, total_steps: int, eta: int) -> dict:
+def reference_search(
+    families: dict, total_steps: int, eta: int, rung_steps: list[int] | None = None
+) -> dict:
     """Successive halving as a Python loop over eagerly trained members."""
     members = [
         (name, i, jax.tree.map(lambda leaf, i=i: np.asarray(leaf[i]), configs))
@@ -153,6 +155,7 @@ def reference_search(families: dict, total_steps: int, eta: int) -> dict:
     steps = [total_steps // len(sizes)] * len(sizes)
     for r in range(total_steps % len(sizes)):
         steps[-1 - r] += 1
+    steps = steps if rung_steps is None else rung_steps
     keys = {(name, i): member_keys(family_key(KEY, name), i, len(sizes)) for name, i, _ in members}
     states = {(name, i): reference_init(name, keys[name, i][0]) for name, i, _ in members}
     alive, history = members, []
@@ -202,6 +205,20 @@ def test_the_search_matches_the_numpy_reference(result):
     jax.tree.map(np.testing.assert_array_equal, result.best_config, want_config)
     # The first rung ranks members of all three families together.
     assert set(result.history[0].families) == set(FAMILIES)
+
+
+def test_uneven_rungs_follow_rung_steps():
+    rung_steps = [2, 3, 7]
+    got = search_methods(FAMILIES, KEY, total_steps=TOTAL_STEPS, eta=ETA, rung_steps=rung_steps)
+    want = reference_search(FAMILIES, TOTAL_STEPS, ETA, rung_steps)
+    assert [rung.num_steps for rung in got.history] == rung_steps
+    assert got.member_steps == want["member_steps"] == 9 * 2 + 3 * 3 + 7
+    assert (got.best_family, got.best_index) == want["winner"]
+    for rung, expected in zip(got.history, want["history"], strict=True):
+        assert list(zip(rung.families, rung.indices.tolist(), strict=True)) == [
+            (name, i) for name, i, _ in expected
+        ]
+        np.testing.assert_allclose(rung.scores, [s for *_, s in expected], rtol=1e-5, atol=1e-6)
 
 
 def test_a_members_keys_depend_on_its_family_index_and_rung_only(result):
@@ -337,6 +354,8 @@ SGD = FAMILIES["sgd"]
             "total_steps too small for the rungs: 9 members",
         ),
         (FAMILIES, {"total_steps": 0}, ValueError, "total_steps"),
+        (FAMILIES, {"rung_steps": [6, 6]}, ValueError, "one entry per rung: 9 members"),
+        (FAMILIES, {"rung_steps": [4, 4, 5]}, ValueError, r"must sum to total_steps=12"),
         (FAMILIES, {"maximize": "yes"}, TypeError, "maximize"),
         (FAMILIES, {"key": 0}, TypeError, "key must hold PRNG keys"),
         (FAMILIES, {"stop_after_rung": 1}, ValueError, "needs checkpoint_dir"),

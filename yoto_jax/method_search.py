@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -147,6 +147,7 @@ def search_methods(
     total_steps: int,
     eta: int = 3,
     maximize: bool = True,
+    rung_steps: Sequence[int] | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     stop_after_rung: int | None = None,
 ) -> MethodSearchResult:
@@ -160,7 +161,8 @@ def search_methods(
     vmapped program per family with survivors), scores each with its family's
     ``eval_fn``, and keeps the best :math:`n_{r+1} = \max(1, \lfloor n_r / \eta
     \rfloor)` over all families, until one is left; ``total_steps`` is split as evenly
-    as possible over the rungs (the later rungs get the remainder). The winner is
+    as possible over the rungs (the later rungs get the remainder), or as
+    ``rung_steps`` says. The winner is
     trained for ``total_steps`` in all, and the search costs
     :math:`\sum_r n_r s_r` member-steps, e.g. :math:`(9 + 3 + 1) T / 3` for N = 9 and
     eta = 3. The scores must be comparable across families (the same validation
@@ -182,6 +184,10 @@ def search_methods(
       total_steps: the winner's training steps, an int >= the number of rungs.
       eta: keep the best ``n // eta`` members after each rung, an int >= 2.
       maximize: a bool, whether a higher score is better (False for a validation loss).
+      rung_steps: the steps of each rung, one positive int per rung summing to
+        ``total_steps`` (default: an even split). Shorter early rungs let more members
+        start for the same member-steps, e.g. 15 members at (0.15, 0.3, 0.55) of the
+        steps cost as much as 9 members at thirds.
       checkpoint_dir: save the search after every rung (the survivors' states with
         orbax, the history as JSON) and resume it from there, as
         :func:`yoto_jax.successive_halving` does: same fingerprint (here every family's
@@ -197,8 +203,8 @@ def search_methods(
       TypeError: for ``families`` that is not a mapping of names to 4-tuples, or a
         family's non-numeric configs or non-callable functions, a key that is not a PRNG
         key, a non-bool ``maximize``.
-      ValueError: for empty ``families``, a family with no configs, bad ``total_steps``
-        or ``eta``, a ``checkpoint_dir`` that holds another search; when a family's rung
+      ValueError: for empty ``families``, a family with no configs, bad ``total_steps``,
+        ``eta`` or ``rung_steps``, a ``checkpoint_dir`` that holds another search; when a family's rung
         is traced, for an ``eval_fn`` that returns a non-scalar or a ``train_fn`` that
         changes the state's structure, shapes or dtypes (naming the family); after the
         first rung, for a ``train_fn`` whose state's step counter shows it did not run
@@ -235,7 +241,10 @@ def search_methods(
     names = list(checked)
     sizes = rung_sizes(total, eta)
     steps = rung_lengths(
-        total_steps, len(sizes), None, f"{total} members of {len(names)} families with eta={eta}"
+        total_steps,
+        len(sizes),
+        rung_steps,
+        f"{total} members of {len(names)} families with eta={eta}",
     )
     if stop_after_rung is not None:
         _checks.positive_int(stop_after_rung, "stop_after_rung")
