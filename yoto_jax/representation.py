@@ -178,22 +178,85 @@ def representation_gradients(
     differentiated are ``transform(losses)`` if given (IMTL's scaled losses)."""
     z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
     z = _checked_representation(z)
-
-    def heads(model_params: Params, z: Any) -> tuple[jax.Array, jax.Array]:
-        losses = loss_vector(losses_fn.heads_fn(model_params, z), num_losses)
-        return (losses if transform is None else transform(losses)), losses
-
+    heads = _heads(losses_fn.heads_fn, num_losses, transform)
     _require_dependence(losses_fn.heads_fn, model_params, z)
     _, z_vjp, losses = jax.vjp(lambda z: heads(model_params, z), z, has_aux=True)
     _, params_vjp, _ = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
     (per_loss,) = jax.vmap(z_vjp)(jnp.eye(num_losses, dtype=losses.dtype))
+    pullback = _pullback(trunk_vjp, params_vjp, losses.dtype)
+    return RepresentationGradients(jax.lax.stop_gradient(losses), per_loss, pullback)
+
+
+class RepresentationProducts(NamedTuple):
+    """The products with Z, the (T, m) matrix of the per-loss gradients of z, without Z.
+
+    Attributes:
+      losses: the (T,) losses (no gradient).
+      vjp: ``vjp(u) -> Zᵀu``, a tree like z, for a (T,) vector u: one backward pass
+        through the heads.
+      jvp: ``jvp(v) -> Z v``, shape (T,), for a tree v like z: one forward-mode pass
+        through the heads.
+      pullback: as :attr:`RepresentationGradients.pullback`.
+    """
+
+    losses: jax.Array
+    vjp: Callable[[jax.Array], Any]
+    jvp: Callable[[Any], jax.Array]
+    pullback: Callable[[Any, jax.Array], Params]
+
+
+def representation_products(
+    losses_fn: RepresentationLosses,
+    model_params: Params,
+    num_losses: int,
+    transform: Callable[[jax.Array], jax.Array] | None = None,
+) -> RepresentationProducts:
+    r"""One trunk forward pass and the heads linearised in z (:func:`jax.linearize`, its
+    transpose the VJP): the products :math:`Z^\top u` and :math:`Z v` one at a time, so
+    the T rows of Z are never held together (``gramian="products"`` of the gradient
+    methods); the losses differentiated are ``transform(losses)`` if given."""
+    z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
+    z = _checked_representation(z)
+    heads = _heads(losses_fn.heads_fn, num_losses, transform)
+    _require_dependence(losses_fn.heads_fn, model_params, z)
+    _, z_jvp, losses = jax.linearize(lambda z: heads(model_params, z), z, has_aux=True)
+    z_transposed = jax.linear_transpose(z_jvp, z)
+    _, params_vjp, _ = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
+
+    def vjp(u: jax.Array) -> Any:
+        (cotangent,) = z_transposed(u.astype(losses.dtype))
+        return cotangent
+
+    return RepresentationProducts(
+        jax.lax.stop_gradient(losses), vjp, z_jvp, _pullback(trunk_vjp, params_vjp, losses.dtype)
+    )
+
+
+def _heads(
+    heads_fn: HeadsFn, num_losses: int, transform: Callable[[jax.Array], jax.Array] | None
+) -> Callable[[Params, Any], tuple[jax.Array, jax.Array]]:
+    """``(model_params, z) -> (transform(losses), losses)``, the losses checked."""
+
+    def heads(model_params: Params, z: Any) -> tuple[jax.Array, jax.Array]:
+        losses = loss_vector(heads_fn(model_params, z), num_losses)
+        return (losses if transform is None else transform(losses)), losses
+
+    return heads
+
+
+def _pullback(
+    trunk_vjp: Callable[[Any], tuple[Params]],
+    params_vjp: Callable[[jax.Array], tuple[Params]],
+    dtype: Any,
+) -> Callable[[Any, jax.Array], Params]:
+    """``(z_cotangent, head_weights) -> `` the trunk's VJP plus the heads' own gradient."""
 
     def pullback(z_cotangent: Any, head_weights: jax.Array) -> Params:
         (trunk_grads,) = trunk_vjp(z_cotangent)
-        (head_grads,) = params_vjp(head_weights.astype(losses.dtype))
+        (head_grads,) = params_vjp(head_weights.astype(dtype))
         return jax.tree.map(jnp.add, trunk_grads, head_grads)
 
-    return RepresentationGradients(jax.lax.stop_gradient(losses), per_loss, pullback)
+    return pullback
 
 
 def _checked_representation(z: Any) -> Any:

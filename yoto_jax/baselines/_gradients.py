@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +45,23 @@ from jax.typing import ArrayLike
 
 from yoto_jax import _checks
 from yoto_jax.baselines._common import NumLosses, selected_leaves
-from yoto_jax.representation import RepresentationLosses, representation_gradients
+from yoto_jax.representation import (
+    RepresentationLosses,
+    representation_gradients,
+    representation_products,
+)
 from yoto_jax.weighting import LossesFn, Params, Weighting, WeightingStep, loss_vector
 
 Combine = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 """``combine((T, n) matrix G of the shared per-loss gradients, state) -> ((n,) update, state)``."""
+
+Coefficients = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
+r"""``coefficients((T, T) Gram matrix G Gᵀ, state) -> ((T,) α, state)``: a method whose
+shared update is :math:`α^\top G`, α a function of the Gram matrix alone."""
+
+GRAMIANS = ("jacobian", "products")
+"""The values of the gradient methods' ``gramian``: how the Gram matrix G Gᵀ is formed
+(:func:`gram_products`)."""
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -125,12 +137,21 @@ def losses_vjp(
     ``transform(losses)`` if given, e.g. IMTL's scaled losses): one forward pass, then
     one backward pass per cotangent."""
 
+    differentiated = _differentiated(losses_fn, num_losses, transform)
+    _, vjp_fn, losses = jax.vjp(differentiated, model_params, has_aux=True)
+    return losses, vjp_fn
+
+
+def _differentiated(
+    losses_fn: LossesFn, num_losses: int, transform: Callable[[jax.Array], jax.Array] | None
+) -> Callable[[Params], tuple[jax.Array, jax.Array]]:
+    """``model_params -> (transform(losses), losses)``, the losses checked."""
+
     def differentiated(model_params: Params) -> tuple[jax.Array, jax.Array]:
         losses = loss_vector(losses_fn(model_params), num_losses)
         return (losses if transform is None else transform(losses)), losses
 
-    _, vjp_fn, losses = jax.vjp(differentiated, model_params, has_aux=True)
-    return losses, vjp_fn
+    return differentiated
 
 
 def per_loss_gradients(vjp_fn: Callable[[jax.Array], tuple[Params]], losses: jax.Array) -> Params:
@@ -262,16 +283,152 @@ def manipulation_transformation(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def stateless(weights_fn: Callable[[jax.Array], jax.Array]) -> Coefficients:
+    """The :data:`Coefficients` of a method without state: α = ``weights_fn(G Gᵀ)``."""
+    return lambda matrix, state: (weights_fn(matrix), state)
+
+
 def gram_transformation(
-    name: str, shared: Any, weights_fn: Callable[[jax.Array], jax.Array]
+    name: str,
+    shared: Any,
+    coefficients: Coefficients,
+    init_state: Callable[[], Any] = optax.EmptyState,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""The stateless transformation whose shared update is :math:`α^\top G`, α =
-    ``weights_fn(G Gᵀ)``: MGDA, Aligned-MTL, UPGrad and IMTL-G."""
+    r"""The transformation whose shared update is :math:`α^\top G`, (α, state) =
+    ``coefficients(G Gᵀ, state)`` (:data:`Coefficients`): MGDA, Aligned-MTL, UPGrad,
+    PCGrad."""
 
-    def combine(grads: jax.Array, state: optax.EmptyState):
-        return dot(weights_fn(gram(grads)), grads), state
+    def combine(grads: jax.Array, state: Any):
+        alpha, state = coefficients(gram(grads), state)
+        return dot(alpha, grads), state
 
-    return manipulation_transformation(name, shared, optax.EmptyState, combine)
+    return manipulation_transformation(name, shared, init_state, combine)
+
+
+class GramProducts(NamedTuple):
+    """A method's form for ``gramian="products"`` (:func:`gram_products`).
+
+    Attributes:
+      shared: the method's selection of the shared leaves.
+      coefficients: its :data:`Coefficients`, α from the Gram matrix.
+    """
+
+    shared: Any
+    coefficients: Coefficients
+
+
+def gram_products(gramian: str, shared: Any, coefficients: Coefficients) -> GramProducts | None:
+    r"""The checked ``gramian`` of a method whose update is :math:`α^\top G`, α a function
+    of :math:`G G^\top` (``coefficients``): None for ``"jacobian"``, else its
+    :class:`GramProducts`.
+
+    * ``"jacobian"`` (every method's default): the (T, n) matrix G of the shared
+      parameters' per-loss gradients is formed, T backward passes vmapped
+      (``jax.jacrev``), then :math:`G G^\top` and :math:`α^\top G` from it. Peak memory
+      grows with T n (and T copies of the backward pass's temporaries).
+    * ``"products"``: G is never stored. With the loss vector linearised once
+      (:func:`jax.linearize`; its transpose is the VJP), column i of the Gram matrix is
+
+      .. math::
+          G G^\top e_i = G\,(G^\top e_i),
+
+      one VJP (:math:`G^\top e_i`, zeroed outside the shared leaves) and one JVP, the T
+      columns in sequence (``jax.lax.map``), so only one n-vector lives at a time; the
+      matrix is symmetrised, :math:`(M + M^\top) / 2`. The update is one more VJP with
+      cotangent α, :math:`G^\top α`, on the shared leaves, and one with cotangent
+      :math:`\mathbf 1` for the others (their sum of the task gradients, as with
+      ``"jacobian"``). In representation mode the same products are taken with the
+      per-loss gradients of z (:func:`yoto_jax.representation.representation_products`).
+      Cost: T VJPs and T JVPs in sequence instead of T vmapped VJPs, so more time and
+      less memory (``benchmarks/OVERHEAD.md`` says when it pays).
+
+    Args:
+      gramian: ``"jacobian"`` or ``"products"``.
+      shared: the method's selection of the shared leaves.
+      coefficients: ``(gram, state) -> (α, state)``.
+
+    Returns:
+      None, or the :class:`GramProducts` for :func:`manipulated_gradients`.
+    """
+    if not isinstance(gramian, str):
+        raise TypeError(f"gramian must be a string, one of {GRAMIANS}, got {gramian!r}.")
+    if gramian not in GRAMIANS:
+        raise ValueError(
+            f"gramian must be one of {GRAMIANS}: 'jacobian' forms the (T, n) per-loss "
+            f"gradients, 'products' only their Gram matrix; got {gramian!r}."
+        )
+    if gramian == "jacobian":
+        return None
+    require_shared(shared)
+    return GramProducts(shared, coefficients)
+
+
+class LinearizedLosses(NamedTuple):
+    r"""The loss vector linearised once: products with G (or Z) without forming it.
+
+    Attributes:
+      losses: the (T,) losses (no gradient).
+      vjp: ``vjp(u) -> Gᵀu`` for a (T,) vector u, a tree like the params (like z in
+        representation mode).
+      jvp: ``jvp(v) -> G v``, shape (T,), only the shared leaves of v (all of z) read.
+      apply: ``apply(alpha, others) -> model gradients``: :math:`G^\top α` on the shared
+        leaves (through the trunk in representation mode), the gradient of
+        :math:`\sum_i o_i l_i` on the others (the heads), o = ``others`` (None: α).
+    """
+
+    losses: jax.Array
+    vjp: Callable[[jax.Array], Any]
+    jvp: Callable[[Any], jax.Array]
+    apply: Callable[[jax.Array, jax.Array | None], Params]
+
+    def gram(self) -> jax.Array:
+        """G Gᵀ by products: column i is ``jvp(vjp(e_i))``, in sequence, symmetrised."""
+        eye = jnp.eye(self.losses.shape[0], dtype=self.losses.dtype)
+        columns = jax.lax.map(lambda unit: self.jvp(self.vjp(unit)), eye)
+        columns = columns.astype(_checks.compute_dtype(columns))
+        return 0.5 * (columns + columns.T)
+
+
+def linearized_losses(
+    losses_fn: LossesFn,
+    model_params: Params,
+    num_losses: int,
+    shared: Any,
+    transform: Callable[[jax.Array], jax.Array] | None = None,
+) -> LinearizedLosses:
+    """One forward pass of ``losses_fn`` (of ``transform(losses)`` if given), linearised
+    (:func:`jax.linearize`, its transpose the VJP); in representation mode, the heads
+    linearised in z. ``gramian="products"``'s products (:func:`gram_products`)."""
+    if isinstance(losses_fn, RepresentationLosses):
+        rep = representation_products(losses_fn, model_params, num_losses, transform)
+
+        def rep_apply(alpha: jax.Array, others: jax.Array | None = None) -> Params:
+            return rep.pullback(rep.vjp(alpha), alpha if others is None else others)
+
+        return LinearizedLosses(rep.losses, rep.vjp, rep.jvp, rep_apply)
+    flags = selected_leaves(shared, model_params)
+    treedef = jax.tree.structure(model_params)
+    differentiated = _differentiated(losses_fn, num_losses, transform)
+    _, jvp_fn, losses = jax.linearize(differentiated, model_params, has_aux=True)
+    transposed = jax.linear_transpose(jvp_fn, model_params)
+
+    def vjp(u: jax.Array) -> Params:
+        (grads,) = transposed(u.astype(losses.dtype))
+        return grads
+
+    def jvp(v: Params) -> jax.Array:
+        leaves = jax.tree.leaves(v)
+        on_shared = [leaf if flag else jnp.zeros_like(leaf) for leaf, flag in zip(leaves, flags)]
+        return jvp_fn(jax.tree.unflatten(treedef, on_shared))
+
+    def apply(alpha: jax.Array, others: jax.Array | None = None) -> Params:
+        combined = jax.tree.leaves(vjp(alpha))
+        if others is not None and not all(flags):
+            rest = jax.tree.leaves(vjp(others))
+            combined = [c if flag else r for c, r, flag in zip(combined, rest, flags)]
+        return jax.tree.unflatten(treedef, combined)
+
+    return LinearizedLosses(jax.lax.stop_gradient(losses), vjp, jvp, apply)
 
 
 def manipulated_gradients(
@@ -281,12 +438,20 @@ def manipulated_gradients(
     model_params: Params,
     num_losses: int,
     transform: Callable[[jax.Array], jax.Array] | None = None,
+    products: GramProducts | None = None,
 ) -> tuple[jax.Array, Params]:
-    """The (T,) losses (no gradient) and ``transformation``'s update of the model from
+    r"""The (T,) losses (no gradient) and ``transformation``'s update of the model from
     the per-loss gradients of ``losses_fn`` (of ``transform(losses)`` if given): one
     forward and T backward passes. In representation mode, ``transformation`` combines
     the per-loss gradients of z, and the update is one VJP through the trunk with that
-    combination plus the sum of the heads' own gradients."""
+    combination plus the sum of the heads' own gradients. With ``products``
+    (``gramian="products"``, :func:`gram_products`) the per-loss gradients are not
+    formed: α comes from the Gram matrix by products, the update is
+    :math:`G^\top α` on the shared leaves (or the trunk) and the sum elsewhere."""
+    if products is not None:
+        linear = linearized_losses(losses_fn, model_params, num_losses, products.shared, transform)
+        alpha, _ = products.coefficients(linear.gram(), transformation_state)
+        return linear.losses, linear.apply(alpha, jnp.ones_like(linear.losses))
     if isinstance(losses_fn, RepresentationLosses):
         grads = representation_gradients(losses_fn, model_params, num_losses, transform)
         combined, _ = transformation.update(
@@ -309,17 +474,25 @@ def manipulated_gradients(
 def manipulation_weighting(
     transformation: optax.GradientTransformationExtraArgs,
     transformation_state: Callable[[jax.Array | None], Any] = lambda key: optax.EmptyState(),
+    products: GramProducts | None = None,
 ) -> Weighting:
     """The :class:`~yoto_jax.Weighting` that applies ``transformation`` to the per-loss
     gradients of each step, its state built by ``transformation_state(key)``; no params,
-    weights of ones (the method combines gradients, not losses)."""
+    weights of ones (the method combines gradients, not losses). With ``products``
+    (:func:`gram_products`), the Gram matrix by products instead of the per-loss
+    gradients."""
 
     def init(num_losses: int) -> tuple[dict[str, jax.Array], NumLosses]:
         return {}, NumLosses(_checks.positive_int(num_losses, "num_losses"))
 
     def step(losses_fn, model_params, params, state: NumLosses, *, key=None) -> WeightingStep:
         losses, model_grads = manipulated_gradients(
-            transformation, transformation_state(key), losses_fn, model_params, state.num_losses
+            transformation,
+            transformation_state(key),
+            losses_fn,
+            model_params,
+            state.num_losses,
+            products=products,
         )
         return WeightingStep(losses, jnp.ones_like(losses), model_grads, {}, state)
 

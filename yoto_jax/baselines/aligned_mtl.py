@@ -20,10 +20,13 @@ import optax
 from jax.typing import ArrayLike
 
 from yoto_jax.baselines._gradients import (
+    Coefficients,
     checked_gram,
     dot,
+    gram_products,
     gram_transformation,
     manipulation_weighting,
+    stateless,
     task_vector,
     task_vector_for,
 )
@@ -158,17 +161,24 @@ def aligned_mtl_transformation(
       Multi-Task Learning", CVPR 2023, Alg. 1; https://github.com/SamsungLabs/MTL;
       LibMTL's ``Aligned_MTL``; TorchJD's ``AlignedMTL``.
     """
-    _check_scale_mode(scale_mode)
-    task_weights = task_vector(task_weights, "task_weights")
     return gram_transformation(
-        "aligned_mtl_transformation",
-        shared,
-        lambda matrix: aligned_mtl_weights(matrix, task_weights, scale_mode),
+        "aligned_mtl_transformation", shared, _coefficients(task_weights, scale_mode)
     )
 
 
+def _coefficients(task_weights: ArrayLike | None, scale_mode: str) -> Coefficients:
+    """Aligned-MTL's checked α from the Gram matrix."""
+    _check_scale_mode(scale_mode)
+    task_weights = task_vector(task_weights, "task_weights")
+    return stateless(lambda matrix: aligned_mtl_weights(matrix, task_weights, scale_mode))
+
+
 def aligned_mtl(
-    shared: Any, task_weights: ArrayLike | None = None, scale_mode: str = "min"
+    shared: Any,
+    task_weights: ArrayLike | None = None,
+    scale_mode: str = "min",
+    *,
+    gramian: str = "jacobian",
 ) -> Weighting:
     r"""Aligned-MTL as a :class:`~yoto_jax.Weighting`: :func:`aligned_mtl_transformation`
     on each step's per-loss gradients.
@@ -188,6 +198,10 @@ def aligned_mtl(
         (default: ones, the authors' code; may be traced).
       scale_mode: ``"min"``, ``"median"`` or ``"rmse"`` (see
         :func:`aligned_mtl_transformation`).
+      gramian: ``"jacobian"`` (default) forms the T per-loss gradients;
+        ``"products"`` forms only their Gram matrix, by a VJP and a JVP per loss in
+        sequence, and the update by one VJP (less memory, more time;
+        ``docs/representation.md``, "Gramians without the Jacobian").
 
     Returns:
       A :class:`~yoto_jax.Weighting`.
@@ -205,4 +219,7 @@ def aligned_mtl(
       Senushkin et al., "Independent Component Alignment for Multi-Task Learning",
       CVPR 2023.
     """
-    return manipulation_weighting(aligned_mtl_transformation(shared, task_weights, scale_mode))
+    return manipulation_weighting(
+        aligned_mtl_transformation(shared, task_weights, scale_mode),
+        products=gram_products(gramian, shared, _coefficients(task_weights, scale_mode)),
+    )

@@ -30,9 +30,11 @@ from yoto_jax import _checks
 from yoto_jax.baselines._gradients import (
     checked_gram,
     dot,
+    gram_products,
     manipulated_gradients,
     manipulation_transformation,
     manipulation_weighting,
+    stateless,
 )
 from yoto_jax.weighting import Weighting, WeightingStep, loss_vector, objective_weighting
 
@@ -273,7 +275,9 @@ def imtl_scaled_losses(log_scales: ArrayLike, losses: ArrayLike) -> jax.Array:
     return jnp.exp(log_scales) * losses - log_scales
 
 
-def imtl(shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0) -> Weighting:
+def imtl(
+    shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0, gramian: str = "jacobian"
+) -> Weighting:
     r"""IMTL as a :class:`~yoto_jax.Weighting`: gradient balance, loss balance, or both.
 
     ``mode`` picks the part (the paper's Alg. 1 is the hybrid):
@@ -306,6 +310,11 @@ def imtl(shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0) -> W
         Not used (may be None) with ``mode="loss"``.
       mode: ``"hybrid"``, ``"gradient"`` or ``"loss"``.
       log_scale_init: the initial value of every s_i, a finite number (may be traced).
+      gramian: ``"jacobian"`` (default) forms the T per-loss gradients;
+        ``"products"`` forms only their Gram matrix, by a VJP and a JVP per loss in
+        sequence, α by :func:`imtl_g_weights`, and the update by one VJP (less memory, more
+        time; ``docs/representation.md``, "Gramians without the Jacobian").
+        Only for the modes with IMTL-G.
 
     Returns:
       A :class:`~yoto_jax.Weighting`; with params ``{"imtl_log_scale": s}`` unless
@@ -337,8 +346,14 @@ def imtl(shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0) -> W
             f"shared must select the shared parameters (a bool tree or a callable) for "
             f"mode={mode!r}; only mode='loss' goes without."
         )
+    if mode == "loss" and gramian != "jacobian":
+        raise ValueError(
+            f"gramian={gramian!r} is for IMTL-G's combination of the per-loss gradients; "
+            "mode='loss' (IMTL-L) takes none: leave gramian at 'jacobian'."
+        )
+    products = gram_products(gramian, shared, stateless(imtl_g_weights))
     if mode == "gradient":
-        return manipulation_weighting(imtl_transformation(shared))
+        return manipulation_weighting(imtl_transformation(shared), products=products)
 
     def init(num_losses: int) -> tuple[dict[str, jax.Array], tuple]:
         num_losses = _checks.positive_int(num_losses, "num_losses")
@@ -369,6 +384,7 @@ def imtl(shared: Any, *, mode: str = "hybrid", log_scale_init: float = 0.0) -> W
             model_params,
             log_scales.shape[0],
             lambda losses: imtl_scaled_losses(fixed_scales, losses),
+            products,
         )
         scale_grads = jax.grad(lambda s: jnp.sum(imtl_scaled_losses(s, losses)))(log_scales)
         return WeightingStep(

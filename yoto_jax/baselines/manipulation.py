@@ -46,11 +46,15 @@ from yoto_jax import _checks
 from yoto_jax.baselines import _simplex
 from yoto_jax.baselines._common import prng_key
 from yoto_jax.baselines._gradients import (
+    Coefficients,
+    Combine,
     dot,
     gram,
+    gram_products,
     gram_transformation,
     manipulation_transformation,
     manipulation_weighting,
+    stateless,
 )
 from yoto_jax.weighting import Weighting, require_key
 
@@ -68,13 +72,13 @@ class PCGradState(NamedTuple):
     key: jax.Array
 
 
-def _pcgrad_combine(grads: jax.Array, state: PCGradState) -> tuple[jax.Array, PCGradState]:
-    """PCGrad on the Gram matrix: each projected gradient is a combination Σ_k c_k g_k of
-    the rows, so its products with the rows are c·M[:, j]; only the sum of the final
-    coefficients meets G. No (T, n) temporaries besides G and its Gram matrix."""
-    num_losses = grads.shape[0]
+def _pcgrad_coefficients(matrix: jax.Array, state: PCGradState) -> tuple[jax.Array, PCGradState]:
+    """PCGrad on the Gram matrix M: each projected gradient is a combination Σ_k c_k g_k
+    of the rows, so its products with the rows are c·M[:, j]; the update is Σ_i g_i', the
+    rows combined by the sum of the final coefficients, returned. No (T, n) temporaries
+    besides G and its Gram matrix."""
+    num_losses = matrix.shape[0]
     next_key, order_key = jax.random.split(state.key)
-    matrix = gram(grads)
     squared_norms = jnp.diagonal(matrix)
     eye = jnp.eye(num_losses, dtype=matrix.dtype)
 
@@ -89,7 +93,7 @@ def _pcgrad_combine(grads: jax.Array, state: PCGradState) -> tuple[jax.Array, PC
 
     keys = jax.random.split(order_key, num_losses)
     coefficients = jax.vmap(project)(jnp.arange(num_losses), keys)
-    return dot(jnp.sum(coefficients, axis=0), grads), PCGradState(next_key)
+    return jnp.sum(coefficients, axis=0), PCGradState(next_key)
 
 
 def pcgrad_transformation(
@@ -137,12 +141,12 @@ def pcgrad_transformation(
       Learning", NeurIPS 2020, Alg. 1.
     """
     key = prng_key(seed)
-    return manipulation_transformation(
-        "pcgrad_transformation", shared, lambda: PCGradState(key), _pcgrad_combine
+    return gram_transformation(
+        "pcgrad_transformation", shared, _pcgrad_coefficients, lambda: PCGradState(key)
     )
 
 
-def pcgrad(shared: Any) -> Weighting:
+def pcgrad(shared: Any, *, gramian: str = "jacobian") -> Weighting:
     r"""PCGrad as a :class:`~yoto_jax.Weighting`: :func:`pcgrad_transformation` on
     each step's per-loss gradients.
 
@@ -153,6 +157,10 @@ def pcgrad(shared: Any) -> Weighting:
     Args:
       shared: which leaves of the model's params are shared: a bool tree like them
         (or a prefix), or a callable returning one from a tree of their structure.
+      gramian: ``"jacobian"`` (default) forms the T per-loss gradients;
+        ``"products"`` forms only their Gram matrix, by a VJP and a JVP per loss in
+        sequence, and the update by one VJP (less memory, more time;
+        ``docs/representation.md``, "Gramians without the Jacobian").
 
     Returns:
       A :class:`~yoto_jax.Weighting`.
@@ -170,9 +178,10 @@ def pcgrad(shared: Any) -> Weighting:
     References:
       Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020.
     """
-    transformation = pcgrad_transformation(shared)
     return manipulation_weighting(
-        transformation, lambda key: PCGradState(require_key(key, "PCGrad"))
+        pcgrad_transformation(shared),
+        lambda key: PCGradState(require_key(key, "PCGrad")),
+        gram_products(gramian, shared, _pcgrad_coefficients),
     )
 
 
@@ -259,12 +268,16 @@ def mgda_transformation(
       NeurIPS 2018; Désidéri, "Multiple-gradient descent algorithm (MGDA)", 2012.
     """
     _checks.positive_int(iterations, "iterations")
-    return gram_transformation(
-        "mgda_transformation", shared, lambda matrix: min_norm_weights(matrix, iterations)
-    )
+    return gram_transformation("mgda_transformation", shared, _mgda_coefficients(iterations))
 
 
-def mgda(shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> Weighting:
+def _mgda_coefficients(iterations: int) -> Coefficients:
+    return stateless(lambda matrix: min_norm_weights(matrix, iterations))
+
+
+def mgda(
+    shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS, *, gramian: str = "jacobian"
+) -> Weighting:
     r"""MGDA as a :class:`~yoto_jax.Weighting`: :func:`mgda_transformation` on each
     step's per-loss gradients.
 
@@ -275,6 +288,10 @@ def mgda(shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> Weighting:
       shared: which leaves of the model's params are shared: a bool tree like them
         (or a prefix), or a callable returning one from a tree of their structure.
       iterations: the most solver steps, an int >= 1.
+      gramian: ``"jacobian"`` (default) forms the T per-loss gradients;
+        ``"products"`` forms only their Gram matrix, by a VJP and a JVP per loss in
+        sequence, and the update by one VJP (less memory, more time;
+        ``docs/representation.md``, "Gramians without the Jacobian").
 
     Returns:
       A :class:`~yoto_jax.Weighting`.
@@ -292,7 +309,10 @@ def mgda(shared: Any, iterations: int = DEFAULT_SOLVER_ITERATIONS) -> Weighting:
       Sener and Koltun, "Multi-Task Learning as Multi-Objective Optimization",
       NeurIPS 2018.
     """
-    return manipulation_weighting(mgda_transformation(shared, iterations))
+    return manipulation_weighting(
+        mgda_transformation(shared, iterations),
+        products=gram_products(gramian, shared, _mgda_coefficients(iterations)),
+    )
 
 
 def cagrad_transformation(
@@ -355,21 +375,42 @@ def cagrad_transformation(
     """
     _checks.non_negative(c, "c")
     _checks.positive_int(iterations, "iterations")
+    combine, _ = _cagrad_forms(c, rescale, iterations, scale_to_sum)
+    return manipulation_transformation("cagrad_transformation", shared, optax.EmptyState, combine)
 
-    def combine(grads: jax.Array, state: optax.EmptyState):
-        num_losses = grads.shape[0]
-        matrix = gram(grads)
+
+def _cagrad_forms(
+    c: Any, rescale: bool, iterations: int, scale_to_sum: bool
+) -> tuple[Combine, Coefficients]:
+    r"""CAGrad's combination of G, and its α from the Gram matrix alone
+    (``gramian="products"``): :math:`d = G^\top α` with
+    :math:`α = \mathbf 1 / T + \sqrt{φ}\, w / \lVert g_w \rVert`,
+    :math:`\lVert g_w \rVert^2 = w^\top A w`, scaled alike."""
+
+    def weights(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
         radius = c * jnp.sqrt(jnp.mean(matrix) + 1e-8) + 1e-8
-        w = _cagrad_solve(matrix, radius, iterations).alpha
-        g_w = dot(w, grads)
-        direction = jnp.mean(grads, axis=0) + radius / (jnp.linalg.norm(g_w) + 1e-8) * g_w
+        return radius, _cagrad_solve(matrix, radius, iterations).alpha
+
+    def scaled(direction: jax.Array, num_losses: int) -> jax.Array:
         if rescale:
             direction = direction / (1.0 + c**2)
         if scale_to_sum:
             direction = direction * num_losses
-        return direction, state
+        return direction
 
-    return manipulation_transformation("cagrad_transformation", shared, optax.EmptyState, combine)
+    def combine(grads: jax.Array, state: optax.EmptyState):
+        radius, w = weights(gram(grads))
+        g_w = dot(w, grads)
+        direction = jnp.mean(grads, axis=0) + radius / (jnp.linalg.norm(g_w) + 1e-8) * g_w
+        return scaled(direction, grads.shape[0]), state
+
+    def coefficients(matrix: jax.Array, state: optax.EmptyState):
+        radius, w = weights(matrix)
+        norm = jnp.sqrt(jnp.maximum(dot(w, dot(matrix, w)), 0.0))
+        alpha = 1.0 / matrix.shape[0] + radius / (norm + 1e-8) * w
+        return scaled(alpha, matrix.shape[0]), state
+
+    return combine, coefficients
 
 
 def _cagrad_solve(
@@ -400,6 +441,8 @@ def cagrad(
     rescale: bool = True,
     iterations: int = DEFAULT_SOLVER_ITERATIONS,
     scale_to_sum: bool = False,
+    *,
+    gramian: str = "jacobian",
 ) -> Weighting:
     r"""CAGrad as a :class:`~yoto_jax.Weighting`: :func:`cagrad_transformation` on
     each step's per-loss gradients.
@@ -416,6 +459,10 @@ def cagrad(
       iterations: the most solver steps, an int >= 1.
       scale_to_sum: multiply the direction by T: the reference codes' scale, the
         direction on the scale of the sum of the gradients rather than their mean.
+      gramian: ``"jacobian"`` (default) forms the T per-loss gradients;
+        ``"products"`` forms only their Gram matrix, by a VJP and a JVP per loss in
+        sequence, and the update by one VJP (less memory, more time;
+        ``docs/representation.md``, "Gramians without the Jacobian").
 
     Returns:
       A :class:`~yoto_jax.Weighting`.
@@ -433,6 +480,8 @@ def cagrad(
       Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning",
       NeurIPS 2021.
     """
+    transformation = cagrad_transformation(shared, c, rescale, iterations, scale_to_sum)
+    _, coefficients = _cagrad_forms(c, rescale, iterations, scale_to_sum)
     return manipulation_weighting(
-        cagrad_transformation(shared, c, rescale, iterations, scale_to_sum)
+        transformation, products=gram_products(gramian, shared, coefficients)
     )

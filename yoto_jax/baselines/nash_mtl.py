@@ -16,6 +16,8 @@ from yoto_jax.baselines._gradients import (
     clip_shared_leaves,
     dot,
     gram,
+    gram_products,
+    linearized_losses,
     losses_vjp,
     per_loss_gradients,
     per_loss_leaves,
@@ -193,11 +195,9 @@ def nash_mtl_weights(
     return jnp.where(converged, alpha, fallback.astype(gram.dtype))
 
 
-def _next_alpha(
-    per_loss: list[jax.Array], flags: list[bool], previous: jax.Array, iterations: int
-) -> jax.Array:
-    """The new α from the per-loss gradients, or ``previous`` where the solver failed."""
-    alpha, converged = _solve(gram(shared_matrix(per_loss, flags)), iterations)
+def _next_alpha(matrix: jax.Array, previous: jax.Array, iterations: int) -> jax.Array:
+    """The new α from the Gram matrix, or ``previous`` where the solver failed."""
+    alpha, converged = _solve(matrix, iterations)
     return jnp.where(converged, alpha.astype(previous.dtype), previous)
 
 
@@ -302,7 +302,7 @@ def nash_mtl_transformation(
         flags = selected_leaves(shared, updates)
         alpha = jax.lax.cond(
             state.count % update_every == 0,
-            lambda: _next_alpha(per_loss, flags, state.alpha, iterations),
+            lambda: _next_alpha(gram(shared_matrix(per_loss, flags)), state.alpha, iterations),
             lambda: state.alpha,
         )
         out = [g.astype(leaf.dtype) for g, leaf in zip(weighted_leaves(alpha, per_loss), leaves)]
@@ -321,6 +321,7 @@ def nash_mtl(
     max_norm: float = DEFAULT_NASH_MTL_MAX_NORM,
     update_weights_every: int | None = None,
     optim_niter: int | None = None,
+    gramian: str = "jacobian",
 ) -> Weighting:
     r"""Nash-MTL: the update the tasks agree on as the Nash bargaining solution.
 
@@ -373,6 +374,10 @@ def nash_mtl(
         ``optim_niter``, accepted as a deprecated alias).
       max_norm: the shared gradient's clipping norm, >= 0 (0: no clipping; may be
         traced).
+      gramian: ``"jacobian"`` (default) forms the T per-loss gradients;
+        ``"products"`` forms only their Gram matrix, by a VJP and a JVP per loss in
+        sequence, and the update by one VJP (less memory, more time;
+        ``docs/representation.md``, "Gramians without the Jacobian").
 
     Returns:
       A :class:`~yoto_jax.Weighting` with no params and a :class:`NashMTLState`.
@@ -397,6 +402,12 @@ def nash_mtl(
         update_every, iterations, max_norm, update_weights_every, optim_niter
     )
 
+    def coefficients(matrix: jax.Array, previous: jax.Array) -> tuple[jax.Array, jax.Array]:
+        alpha = _next_alpha(matrix, previous, iterations)
+        return alpha, alpha
+
+    products = gram_products(gramian, shared, coefficients)
+
     def init(num_losses: int) -> tuple[dict[str, jax.Array], NashMTLState]:
         return {}, _init_state(_checks.positive_int(num_losses, "num_losses"))
 
@@ -407,7 +418,17 @@ def nash_mtl(
         num_losses = state.alpha.shape[0]
         treedef = jax.tree.structure(model_params)
         flags = selected_leaves(shared, model_params)
-        if isinstance(losses_fn, RepresentationLosses):  # α from the gradients of z
+        if products is not None:  # α from the Gram matrix by products
+            linear = linearized_losses(losses_fn, model_params, num_losses, shared)
+            losses = linear.losses
+
+            def reuse(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+                return previous, jax.tree.leaves(linear.apply(previous))
+
+            def solve(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
+                return reuse(products.coefficients(linear.gram(), previous)[0])
+
+        elif isinstance(losses_fn, RepresentationLosses):  # α from the gradients of z
             rep = representation_gradients(losses_fn, model_params, num_losses)
             losses, rows = rep.losses, jax.tree.leaves(rep.per_loss)
 
@@ -415,14 +436,15 @@ def nash_mtl(
                 return previous, jax.tree.leaves(rep.weighted_gradient(previous))
 
             def solve(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
-                return reuse(_next_alpha(rows, [True] * len(rows), previous, iterations))
+                matrix = gram(shared_matrix(rows, [True] * len(rows)))
+                return reuse(_next_alpha(matrix, previous, iterations))
 
         else:
             losses, vjp_fn = losses_vjp(losses_fn, model_params, num_losses)
 
             def solve(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
                 per_loss = jax.tree.leaves(per_loss_gradients(vjp_fn, losses))
-                alpha = _next_alpha(per_loss, flags, previous, iterations)
+                alpha = _next_alpha(gram(shared_matrix(per_loss, flags)), previous, iterations)
                 return alpha, weighted_leaves(alpha, per_loss)
 
             def reuse(previous: jax.Array) -> tuple[jax.Array, list[jax.Array]]:

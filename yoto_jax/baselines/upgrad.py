@@ -22,10 +22,13 @@ from jax.typing import ArrayLike
 
 from yoto_jax import _checks
 from yoto_jax.baselines._gradients import (
+    Coefficients,
     checked_gram,
     dot,
+    gram_products,
     gram_transformation,
     manipulation_weighting,
+    stateless,
     task_vector,
     task_vector_for,
 )
@@ -259,14 +262,17 @@ def upgrad_transformation(
       Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024;
       https://github.com/TorchJD/torchjd (``UPGrad``).
     """
+    return gram_transformation(
+        "upgrad_transformation", shared, _coefficients(pref_vector, norm_eps, reg_eps)
+    )
+
+
+def _coefficients(pref_vector: ArrayLike | None, norm_eps: float, reg_eps: float) -> Coefficients:
+    """UPGrad's checked α from the Gram matrix."""
     _checks.non_negative(norm_eps, "norm_eps")
     _checks.non_negative(reg_eps, "reg_eps")
     pref_vector = task_vector(pref_vector, "pref_vector")
-    return gram_transformation(
-        "upgrad_transformation",
-        shared,
-        lambda matrix: upgrad_weights(matrix, pref_vector, norm_eps, reg_eps),
-    )
+    return stateless(lambda matrix: upgrad_weights(matrix, pref_vector, norm_eps, reg_eps))
 
 
 def upgrad(
@@ -274,6 +280,8 @@ def upgrad(
     pref_vector: ArrayLike | None = None,
     norm_eps: float = DEFAULT_NORM_EPS,
     reg_eps: float = DEFAULT_REG_EPS,
+    *,
+    gramian: str = "jacobian",
 ) -> Weighting:
     r"""UPGrad as a :class:`~yoto_jax.Weighting`: :func:`upgrad_transformation` on each
     step's per-loss gradients.
@@ -294,6 +302,10 @@ def upgrad(
       pref_vector: u, shape (T,), primary first (default: 1/T; may be traced).
       norm_eps: the trace below which the Gram matrix counts as zero, >= 0.
       reg_eps: the ridge added to the normalised Gram matrix, >= 0.
+      gramian: ``"jacobian"`` (default) forms the T per-loss gradients;
+        ``"products"`` forms only their Gram matrix, by a VJP and a JVP per loss in
+        sequence, and the update by one VJP (less memory, more time;
+        ``docs/representation.md``, "Gramians without the Jacobian").
 
     Returns:
       A :class:`~yoto_jax.Weighting`.
@@ -310,4 +322,7 @@ def upgrad(
     References:
       Quinton and Rey, "Jacobian Descent for Multi-Objective Optimization", 2024.
     """
-    return manipulation_weighting(upgrad_transformation(shared, pref_vector, norm_eps, reg_eps))
+    return manipulation_weighting(
+        upgrad_transformation(shared, pref_vector, norm_eps, reg_eps),
+        products=gram_products(gramian, shared, _coefficients(pref_vector, norm_eps, reg_eps)),
+    )
