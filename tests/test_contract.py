@@ -11,7 +11,9 @@ eagerly by one configuration alone equals the run's. Without compiling: init and
 weights shapes for T in {1, 3, 5} and the state structure kept by a step
 (``jax.eval_shape``); a step on bfloat16 losses (eager). All methods' states round-trip
 through one orbax checkpoint, and one subprocess runs every method on 8 simulated
-devices, compared with the runs here. Without ``skip_nonfinite``,
+devices, compared with the runs here. The eight gradient-combination methods run the
+same contract in representation mode too (the losses split at the trunk's features
+z = tanh(x W), ``yoto_jax.representation_losses``). Without ``skip_nonfinite``,
 ``optax.apply_if_finite`` lets the NaN into FAMO's, Auto-λ's, DWA's, GradNorm's and
 YOTO's weights or statistics.
 """
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import typing
 from pathlib import Path
+from unittest import mock
 
 import _registry as R
 import jax
@@ -46,6 +49,23 @@ RTOL = 2e-6  # float32, ~16 ulps of each leaf's scale: jit against eager and vma
 NEEDS_TWO_LOSSES = {"yoto": "YOTO needs a primary and at least one auxiliary loss, got 1 loss"}
 """The methods that need T >= 2, and the error they give for T = 1."""
 
+REPRESENTATION = [
+    "pcgrad",
+    "mgda",
+    "cagrad",
+    "gradnorm",
+    "nash_mtl",
+    "imtl",
+    "aligned_mtl",
+    "upgrad",
+]
+"""The gradient-combination methods, also run in representation mode."""
+
+CASES = [(name, "parameter") for name in NAMES] + [
+    (name, "representation") for name in REPRESENTATION
+]
+"""(method, mode) for the contract's properties."""
+
 WEIGHTS_LAST_APPLIED = {"auto_lambda", "nash_mtl"}
 """Methods whose ``Trainer.weights`` are the weights the last step applied (the others'
 are those the next step applies, but for FAMO's and RLW's, tested on their own)."""
@@ -58,6 +78,28 @@ def on_the_cpu():
     multiplies float32 in TF32 by default, and jit and eager may fuse differently)."""
     with jax.default_device(jax.devices("cpu")[0]):
         yield
+
+
+def split_losses(x, y, dtype=None):
+    """``R.losses`` split at the trunk's features z = tanh(x W) (representation mode)."""
+    cast = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
+    return yoto_jax.representation_losses(
+        lambda p: jnp.tanh(cast(x) @ cast(p["trunk"])),
+        lambda p, z: jnp.mean((z @ cast(p["heads"]) - cast(y)) ** 2, axis=0),
+    )
+
+
+def representation_step(train, state, x, y, bad, index, dtype=None):
+    """``R.step`` (same batch, bad value and key) on :func:`split_losses`."""
+    y = jnp.asarray(y).at[0, 1].add(bad)
+    before = train.weights(state)
+    key = jax.random.fold_in(jax.random.key(0), index)
+    state, log = train.step(state, split_losses(x, y, dtype), key)
+    return state, (before, train.weights(state), log)
+
+
+STEP = {"parameter": R.step, "representation": representation_step}
+"""One step of ``R.run`` in each mode."""
 
 
 def configurations(name):
@@ -77,15 +119,18 @@ def bad_batches():
 
 
 @functools.cache
-def vmapped_run(name):
-    """The two configurations' runs, one jitted and vmapped program, as NumPy."""
+def vmapped_run(name, mode="parameter"):
+    """The two configurations' runs, one jitted and vmapped program, as NumPy (``R.run``
+    with the step of ``mode``)."""
     (h0, x0, y0), (h1, x1, y1) = configurations(name)
     hs = None if h0 is None else jnp.array([h0, h1])
     run = jax.vmap(
         lambda h, x, y, bad: R.run(name, h, x, y, bad), (None if hs is None else 0, 0, 0, 0)
     )
     args = (hs, jnp.stack([x0, x1]), jnp.stack([y0, y1]), bad_batches())
-    return jax.device_get(R.compile_fast(run, *args)(*args))
+    with mock.patch.object(R, "step", STEP[mode]):  # traced and compiled here
+        program = R.compile_fast(run, *args)
+    return jax.device_get(program(*args))
 
 
 def member(tree, i):
@@ -118,9 +163,9 @@ def test_the_registry_holds_every_method():
     assert len(NAMES) == 16
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_training_reduces_the_primary_loss_and_skips_the_bad_steps(name):
-    result = vmapped_run(name)
+@pytest.mark.parametrize("name, mode", CASES)
+def test_training_reduces_the_primary_loss_and_skips_the_bad_steps(name, mode):
+    result = vmapped_run(name, mode)
     for i, expected in enumerate([[0, R.BAD_STEP], [SECOND_BAD_STEP]]):
         logs, states = member(result.logs, i), member(result.states, i)
         skipped = np.flatnonzero(logs.skipped)
@@ -174,10 +219,10 @@ def test_apply_if_finite_alone_lets_a_nan_into_the_weighting(name):
     assert np.isnan(weights(state)).any()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_trainer_weights_are_the_next_or_the_last_applied(name):
+@pytest.mark.parametrize("name, mode", CASES)
+def test_trainer_weights_are_the_next_or_the_last_applied(name, mode):
     """``Trainer.weights(state)``, as its docstring says, on the steps that were applied."""
-    result = vmapped_run(name)
+    result = vmapped_run(name, mode)
     for i in range(2):
         logs = member(result.logs, i)
         ok = ~logs.skipped
@@ -196,24 +241,24 @@ def test_trainer_weights_are_the_next_or_the_last_applied(name):
             np.testing.assert_allclose(before, applied, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_jit_and_vmap_equal_an_eager_unbatched_step(name):
+@pytest.mark.parametrize("name, mode", CASES)
+def test_jit_and_vmap_equal_an_eager_unbatched_step(name, mode):
     """The second configuration's second step, taken eagerly and alone from the vmapped,
     jitted run's state, gives that run's next state and log; the configurations differ."""
-    result = vmapped_run(name)
+    result = vmapped_run(name, mode)
     h, x, y = configurations(name)[1]
     train = R.trainer(name, R.NUM_LOSSES, h)
     states, logs = member(result.states, 1), member(result.logs, 1)
-    state, (_, _, log) = R.step(train, member(states, 1), x[1], y[1], 0.0, 1)
+    state, (_, _, log) = STEP[mode](train, member(states, 1), x[1], y[1], 0.0, 1)
     assert_close(state, member(states, 2))
     assert_close(log, member(logs, 1))
     first, second = (member(result.states.params["model"], i) for i in range(2))
     assert not np.allclose(first["trunk"][-1], second["trunk"][-1])
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, mode", CASES)
 @pytest.mark.parametrize("num_losses", [1, 3, 5])
-def test_init_weights_and_step_shapes_keep_the_state_structure(name, num_losses):
+def test_init_weights_and_step_shapes_keep_the_state_structure(name, mode, num_losses):
     train = R.trainer(name, num_losses)
     if num_losses == 1 and name in NEEDS_TWO_LOSSES:
         with pytest.raises(ValueError, match=NEEDS_TWO_LOSSES[name]):
@@ -224,7 +269,7 @@ def test_init_weights_and_step_shapes_keep_the_state_structure(name, num_losses)
     assert weights.shape == (num_losses,) and weights.dtype == jnp.float32
     x, y = R.batches(1, num_losses)
     new_state, (before, after, log) = jax.eval_shape(
-        lambda state: R.step(train, state, x[0], y[0], 0.0, 0), state
+        lambda state: STEP[mode](train, state, x[0], y[0], 0.0, 0), state
     )
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     shapes = lambda tree: jax.tree.map(lambda leaf: (leaf.shape, leaf.dtype), tree)
@@ -234,14 +279,14 @@ def test_init_weights_and_step_shapes_keep_the_state_structure(name, num_losses)
     assert log.skipped.shape == () and log.skipped.dtype == jnp.bool_
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_bfloat16_losses_train_finite_and_close_to_float32(name):
+@pytest.mark.parametrize("name, mode", CASES)
+def test_bfloat16_losses_train_finite_and_close_to_float32(name, mode):
     """An eager step on losses computed in bfloat16: applied, the state finite and its
     floats float32, and the losses within 4 bfloat16 roundings (4 · 2^-8) of float32's."""
     h, x, y = configurations(name)[0]
     train = R.trainer(name, R.NUM_LOSSES, h)
     state = train.init(R.model_init(), R.NUM_LOSSES)
-    state, (_, _, log) = R.step(train, state, x[0], y[0], 0.0, 0, jnp.bfloat16)
+    state, (_, _, log) = STEP[mode](train, state, x[0], y[0], 0.0, 0, jnp.bfloat16)
     assert not bool(log.skipped)
     full = R.losses(R.model_init(), x[0], y[0])
     np.testing.assert_allclose(np.asarray(log.losses, np.float32), full, rtol=4 * 2.0**-8)
