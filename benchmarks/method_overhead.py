@@ -13,6 +13,10 @@ IMTL, Aligned-MTL and UPGrad take T backward passes per step, FAMO one extra for
 pass, Auto-λ a validation forward and backward pass and a forward-mode pass; in
 representation mode (the ``_rep`` rows, ``benchmarks.methods.REPRESENTATION_METHODS``)
 the gradient methods take T backward passes through the heads and one through the trunk.
+The ``_products`` rows (and ``_products_rep``, in representation mode) are the methods
+whose update is αᵀG with α a function of G Gᵀ, with ``gramian="products"``: the Gram
+matrix by one VJP and one JVP per loss in sequence, without the T per-loss gradients,
+and the update by one VJP (two with non-shared leaves).
 
 Besides the median, each method gets the median over rounds of its time divided by
 fixed weights' in the same round (``paired_ratio``: both share the round's load, as the
@@ -43,6 +47,9 @@ from benchmarks.methods import (
     METHODS,
     REPRESENTATION_METHODS,
     Method,
+    in_representation,
+    no_config,
+    single_config,
 )
 from benchmarks.models import (
     DEPTH_LOSSES,
@@ -55,6 +62,7 @@ from benchmarks.scenes import CLASSES
 from benchmarks.tasks import build
 from benchmarks.tasks.base import Batch, Params, Splits, Task
 from benchmarks.training import Setting
+from yoto_jax import baselines
 
 BASELINES = (
     "equal",
@@ -72,6 +80,30 @@ BASELINES = (
 )
 
 
+GRAM_METHODS = ("pcgrad", "mgda", "cagrad", "nash_mtl", "imtl", "aligned_mtl", "upgrad")
+"""The methods with ``gramian="products"`` (their update αᵀG, α a function of G Gᵀ)."""
+
+
+def with_products(name: str) -> Method:
+    """The factory ``baselines.<name>`` on the trunk, as in :data:`METHODS`, with
+    ``gramian="products"``; named ``<name>_products``."""
+    factory = getattr(baselines, name)
+    return Method(
+        f"{name}_products",
+        lambda config, setting: factory(setting.shared_mask, gramian="products"),
+        single_config(no_config),
+        f"{name}, the Gram matrix by products (gramian='products')",
+    )
+
+
+PRODUCTS_METHODS: dict[str, Method] = {
+    method.name: method
+    for name in GRAM_METHODS
+    for method in (with_products(name), in_representation(with_products(name)))
+}
+"""The ``_products`` and ``_products_rep`` rows."""
+
+
 def timing_task(task: Task, steps: int) -> Task:
     """`task` trained for `steps` steps, logging once, evaluated on one chunk per split."""
     chunk = task.training.eval_chunk
@@ -82,12 +114,14 @@ def timing_task(task: Task, steps: int) -> Task:
 
 
 def methods_to_time() -> dict[str, Method]:
-    """The registered baselines and YOTO, the gradient-manipulation methods, and the
-    gradient-combination methods in representation mode."""
+    """The registered baselines and YOTO, the gradient-manipulation methods, the
+    gradient-combination methods in representation mode, and the Gram-matrix methods
+    with ``gramian="products"`` in both modes."""
     return {
         **{name: METHODS[name] for name in BASELINES},
         **GRADIENT_METHODS,
         **REPRESENTATION_METHODS,
+        **PRODUCTS_METHODS,
     }
 
 
@@ -259,11 +293,11 @@ def main() -> None:
         report["by_num_losses"][str(count)] = result
         print(f"T = {count}")
         print(
-            f"{'method':16} {'ms/step':>8} {'x fixed':>8} {'paired':>8} {'peak MB':>8} {'x mem':>6}"
+            f"{'method':20} {'ms/step':>8} {'x fixed':>8} {'paired':>8} {'peak MB':>8} {'x mem':>6}"
         )
         for name, seconds in result["step_s"].items():
             print(
-                f"{name:16} {1e3 * seconds:8.3f} {result['ratio_to_fixed'][name]:8.3f} "
+                f"{name:20} {1e3 * seconds:8.3f} {result['ratio_to_fixed'][name]:8.3f} "
                 f"{result['paired_ratio'][name]:8.3f} "
                 f"{result['memory'][name]['peak_bytes'] / 2**20:8.2f} "
                 f"{result['memory_ratio'][name]:6.2f}"
