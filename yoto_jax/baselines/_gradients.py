@@ -14,8 +14,11 @@ their plumbing, written once:
 * the builders: :func:`manipulation_transformation`, the Optax transformation that
   applies a combination of G's rows to the shared leaves, :func:`gram_transformation`
   for the methods whose combination is :math:`α^\top G` with α a function of
-  :math:`G G^\top`, and :func:`manipulation_weighting`, a transformation as a
-  :class:`~yoto_jax.Weighting`.
+  :math:`G G^\top` (their :data:`Coefficients`), and :func:`manipulation_weighting`, a
+  transformation as a :class:`~yoto_jax.Weighting`;
+* the Gram matrix without G (the methods' ``gramian="products"``, :func:`gram_products`):
+  :func:`linearized_losses` linearises the loss vector once, and column i of
+  :math:`G G^\top` is :math:`G (G^\top e_i)`, a VJP and a JVP, the columns in sequence.
 
 In representation mode (``losses_fn`` from :func:`yoto_jax.representation_losses`)
 :func:`manipulated_gradients` combines the per-loss gradients of the representation z
