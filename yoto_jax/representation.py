@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from jax.extend import core as jex_core
 
 from yoto_jax import _checks
-from yoto_jax.weighting import Params, loss_vector
+from yoto_jax.weighting import Params, transformed_losses
 
 FeaturesFn = Callable[[Params], Any]
 """``features_fn(model_params) -> z``: the shared representation, an array or a tree of them."""
@@ -178,7 +178,7 @@ def representation_gradients(
     differentiated are ``transform(losses)`` if given (IMTL's scaled losses)."""
     z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
     z = _checked_representation(z)
-    heads = _heads(losses_fn.heads_fn, num_losses, transform)
+    heads = transformed_losses(losses_fn.heads_fn, num_losses, transform)
     _require_dependence(losses_fn.heads_fn, model_params, z)
     _, z_vjp, losses = jax.vjp(lambda z: heads(model_params, z), z, has_aux=True)
     _, params_vjp, _ = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
@@ -217,7 +217,7 @@ def representation_products(
     methods); the losses differentiated are ``transform(losses)`` if given."""
     z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
     z = _checked_representation(z)
-    heads = _heads(losses_fn.heads_fn, num_losses, transform)
+    heads = transformed_losses(losses_fn.heads_fn, num_losses, transform)
     _require_dependence(losses_fn.heads_fn, model_params, z)
     _, z_jvp, losses = jax.linearize(lambda z: heads(model_params, z), z, has_aux=True)
     z_transposed = jax.linear_transpose(z_jvp, z)
@@ -230,18 +230,6 @@ def representation_products(
     return RepresentationProducts(
         jax.lax.stop_gradient(losses), vjp, z_jvp, _pullback(trunk_vjp, params_vjp, losses.dtype)
     )
-
-
-def _heads(
-    heads_fn: HeadsFn, num_losses: int, transform: Callable[[jax.Array], jax.Array] | None
-) -> Callable[[Params, Any], tuple[jax.Array, jax.Array]]:
-    """``(model_params, z) -> (transform(losses), losses)``, the losses checked."""
-
-    def heads(model_params: Params, z: Any) -> tuple[jax.Array, jax.Array]:
-        losses = loss_vector(heads_fn(model_params, z), num_losses)
-        return (losses if transform is None else transform(losses)), losses
-
-    return heads
 
 
 def _pullback(

@@ -310,6 +310,22 @@ def loss_vector(losses: ArrayLike, num_losses: int | None = None, what: str = "l
     return losses.astype(_checks.compute_dtype(losses))
 
 
+def transformed_losses(
+    losses_fn: Callable[..., ArrayLike],
+    num_losses: int,
+    transform: Callable[[jax.Array], jax.Array] | None = None,
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """``(*args) -> (transform(losses), losses)``, ``losses`` the checked loss vector of
+    ``losses_fn(*args)`` (``transform`` None: the losses themselves): the function the
+    gradient methods differentiate with ``has_aux=True`` (e.g. IMTL's scaled losses)."""
+
+    def differentiated(*args: Any) -> tuple[jax.Array, jax.Array]:
+        losses = loss_vector(losses_fn(*args), num_losses)
+        return (losses if transform is None else transform(losses)), losses
+
+    return differentiated
+
+
 def relative_weights(weights: ArrayLike) -> jax.Array:
     r"""Weights relative to the primary's, :math:`λ_i / λ_0`: the grid's parametrisation.
 

@@ -53,7 +53,13 @@ from yoto_jax.representation import (
     representation_gradients,
     representation_products,
 )
-from yoto_jax.weighting import LossesFn, Params, Weighting, WeightingStep, loss_vector
+from yoto_jax.weighting import (
+    LossesFn,
+    Params,
+    Weighting,
+    WeightingStep,
+    transformed_losses,
+)
 
 Combine = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 """``combine((T, n) matrix G of the shared per-loss gradients, state) -> ((n,) update, state)``."""
@@ -140,21 +146,9 @@ def losses_vjp(
     ``transform(losses)`` if given, e.g. IMTL's scaled losses): one forward pass, then
     one backward pass per cotangent."""
 
-    differentiated = _differentiated(losses_fn, num_losses, transform)
+    differentiated = transformed_losses(losses_fn, num_losses, transform)
     _, vjp_fn, losses = jax.vjp(differentiated, model_params, has_aux=True)
     return losses, vjp_fn
-
-
-def _differentiated(
-    losses_fn: LossesFn, num_losses: int, transform: Callable[[jax.Array], jax.Array] | None
-) -> Callable[[Params], tuple[jax.Array, jax.Array]]:
-    """``model_params -> (transform(losses), losses)``, the losses checked."""
-
-    def differentiated(model_params: Params) -> tuple[jax.Array, jax.Array]:
-        losses = loss_vector(losses_fn(model_params), num_losses)
-        return (losses if transform is None else transform(losses)), losses
-
-    return differentiated
 
 
 def per_loss_gradients(vjp_fn: Callable[[jax.Array], tuple[Params]], losses: jax.Array) -> Params:
@@ -411,7 +405,7 @@ def linearized_losses(
         return LinearizedLosses(rep.losses, rep.vjp, rep.jvp, rep_apply)
     flags = selected_leaves(shared, model_params)
     treedef = jax.tree.structure(model_params)
-    differentiated = _differentiated(losses_fn, num_losses, transform)
+    differentiated = transformed_losses(losses_fn, num_losses, transform)
     _, jvp_fn, losses = jax.linearize(differentiated, model_params, has_aux=True)
     transposed = jax.linear_transpose(jvp_fn, model_params)
 
