@@ -130,15 +130,21 @@ def step(
     bad: jax.Array,
     index: Any,
     dtype: Any = None,
+    losses_of: Callable[..., Any] | None = None,
 ) -> tuple[Any, tuple[jax.Array, jax.Array, yoto_jax.StepLog]]:
     """Step ``index`` on the batch ``x, y``, ``bad`` (0, NaN or inf) added to the first
     example's second target (so the second loss and its gradients are not finite), with
     the key ``fold_in(key(0), index)``; returns the new state, the weights
-    ``Trainer.weights`` gives before and after it, and the step's log."""
+    ``Trainer.weights`` gives before and after it, and the step's log. The losses_fn is
+    ``losses_of(x, y, dtype)`` if given (e.g. the same losses in representation mode),
+    else :func:`losses` of the params."""
     y = jnp.asarray(y).at[0, 1].add(bad)
 
     def losses_fn(params):
         return losses(params, x, y, dtype)
+
+    if losses_of is not None:
+        losses_fn = losses_of(x, y, dtype)
 
     before = train.weights(state)
     state, log = train.step(state, losses_fn, jax.random.fold_in(jax.random.key(0), index))
@@ -155,16 +161,23 @@ class Run(NamedTuple):
     logs: yoto_jax.StepLog  # leaves (steps, ...)
 
 
-def run(name: str, h: Any, x: jax.Array, y: jax.Array, bad: jax.Array) -> Run:
+def run(
+    name: str,
+    h: Any,
+    x: jax.Array,
+    y: jax.Array,
+    bad: jax.Array,
+    losses_of: Callable[..., Any] | None = None,
+) -> Run:
     """Trains ``trainer(name, T, h)`` from ``model_init`` on the batches ``x, y`` (one per
-    step, leading axis), ``bad[i]`` added to a second target of step i (see :func:`step`). Traceable in
-    ``h``, the data and ``bad``."""
+    step, leading axis), ``bad[i]`` added to a second target of step i (see :func:`step`,
+    which also takes ``losses_of``). Traceable in ``h``, the data and ``bad``."""
     num_losses = y.shape[-1]
     train = trainer(name, num_losses, h)
     first = train.init(model_init(num_losses), num_losses)
 
     def body(state, inputs):
-        state, out = step(train, state, *inputs)
+        state, out = step(train, state, *inputs, losses_of=losses_of)
         return state, (state, *out)
 
     indices = jnp.arange(x.shape[0])

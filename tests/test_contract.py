@@ -25,7 +25,6 @@ import subprocess
 import sys
 import typing
 from pathlib import Path
-from unittest import mock
 
 import _registry as R
 import jax
@@ -89,16 +88,9 @@ def split_losses(x, y, dtype=None):
     )
 
 
-def representation_step(train, state, x, y, bad, index, dtype=None):
-    """``R.step`` (same batch, bad value and key) on :func:`split_losses`."""
-    y = jnp.asarray(y).at[0, 1].add(bad)
-    before = train.weights(state)
-    key = jax.random.fold_in(jax.random.key(0), index)
-    state, log = train.step(state, split_losses(x, y, dtype), key)
-    return state, (before, train.weights(state), log)
-
-
-STEP = {"parameter": R.step, "representation": representation_step}
+LOSSES_OF = {"parameter": None, "representation": split_losses}
+"""``R.step``'s and ``R.run``'s ``losses_of`` in each mode."""
+STEP = {mode: functools.partial(R.step, losses_of=of) for mode, of in LOSSES_OF.items()}
 """One step of ``R.run`` in each mode."""
 
 
@@ -121,16 +113,15 @@ def bad_batches():
 @functools.cache
 def vmapped_run(name, mode="parameter"):
     """The two configurations' runs, one jitted and vmapped program, as NumPy (``R.run``
-    with the step of ``mode``)."""
+    with the losses of ``mode``)."""
     (h0, x0, y0), (h1, x1, y1) = configurations(name)
     hs = None if h0 is None else jnp.array([h0, h1])
     run = jax.vmap(
-        lambda h, x, y, bad: R.run(name, h, x, y, bad), (None if hs is None else 0, 0, 0, 0)
+        lambda h, x, y, bad: R.run(name, h, x, y, bad, LOSSES_OF[mode]),
+        (None if hs is None else 0, 0, 0, 0),
     )
     args = (hs, jnp.stack([x0, x1]), jnp.stack([y0, y1]), bad_batches())
-    with mock.patch.object(R, "step", STEP[mode]):  # traced and compiled here
-        program = R.compile_fast(run, *args)
-    return jax.device_get(program(*args))
+    return jax.device_get(R.compile_fast(run, *args)(*args))
 
 
 def member(tree, i):
