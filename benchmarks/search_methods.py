@@ -16,11 +16,12 @@ on the whole validation split, and report the winner's test metric.
 
 Run only when named with ``--methods`` (not in the default runs):
 
-* ``select_best``: ``yoto_jax.search_methods`` over 9 members of 7 families: the
-  benchmark's rows of equal weights, YOTO, uncertainty weighting, UPGrad, Aligned-MTL
-  and DWA (one member each, trained exactly as those rows are) and the library's
-  default fixed rows (1, v, v) for v in 0.01, 0.1, 0.3 (``yoto_jax.method_families``);
-  eta = 3, 9 -> 3 -> 1, 4.3 runs.
+* ``select_best``: ``yoto_jax.search_methods`` over 14 members of 6 families: the
+  benchmark's rows of YOTO, uncertainty weighting, UPGrad, Aligned-MTL and DWA (one
+  member each, trained exactly as those rows are) and the 9 fixed rows of
+  ``grid_best`` (equal weights among them); eta = 3, 14 -> 4 -> 1, with rungs of s,
+  2s and the rest of the steps, s the largest that keeps the member-steps within
+  halving_best's (``select_rung_steps``): 4.3 runs.
 * ``optuna_tpe`` and ``optuna_hyperband``: Optuna (an optional dependency: the rows are
   skipped with a message without it) over the grid's space made continuous, each
   auxiliary weight log-uniform in [0.01, 1], with halving's member-step budget, trials
@@ -53,7 +54,6 @@ from benchmarks.tasks.base import Task
 from benchmarks.training import split_key, training
 from yoto_jax._population import rung_lengths, rung_sizes
 from yoto_jax.grid import loss_weight_grid, stack_trees
-from yoto_jax.method_families import DEFAULT_FIXED_VALUES, fixed_rows
 
 ETA = 3
 PBT_ROUNDS = 10
@@ -61,8 +61,8 @@ PBT_PERTURBATION = 1.25
 PBT_WEIGHT_RANGE = (1e-3, 10.0)
 OPTUNA_CHUNKS = 9
 """Optuna's trials train in 9 chunks; with Hyperband they report after each."""
-SELECT_METHODS = ("equal", "yoto", "uncertainty", "upgrad", "aligned_mtl", "dwa")
-"""``select_best``'s one-member families, next to the library's three fixed rows."""
+SELECT_METHODS = ("yoto", "uncertainty", "upgrad", "aligned_mtl", "dwa")
+"""``select_best``'s one-member families, next to the grid's fixed rows."""
 SEARCHES = ("halving_best", "pbt_best")
 """The searches of the default runs."""
 OPTUNA_SEARCHES = ("optuna_tpe", "optuna_hyperband")
@@ -72,8 +72,9 @@ ALL_SEARCHES = (*SEARCHES, *EXTRA_SEARCHES)
 SUMMARIES = {
     "halving_best": "successive halving over the 3x3 grid, eta 3 (9 -> 3 -> 1); best by validation",
     "pbt_best": "PBT from the 3x3 grid's 9 configurations, exploit/explore every tenth of the steps",
-    "select_best": "search_methods over equal, YOTO, uncertainty, UPGrad, Aligned-MTL, DWA and 3 "
-    "fixed rows (9 members), eta 3; best by validation",
+    "select_best": "search_methods over YOTO, uncertainty, UPGrad, Aligned-MTL, DWA and the 3x3 "
+    "grid's 9 fixed rows (14 members), eta 3, rungs s, 2s, rest within halving's member-steps; "
+    "best by validation",
     "optuna_tpe": "Optuna TPE over log-uniform auxiliary weights in [0.01, 1], whole trials one "
     "after another, halving's member-step budget",
     "optuna_hyperband": "Optuna TPE + Hyperband pruning (reports every ninth of the steps), same "
@@ -237,11 +238,13 @@ def _library_search(name: str, task: Task) -> Callable[[int], Outcome]:
 
 def _select_best(name: str, task: Task) -> Callable[[int], Outcome]:
     """``seed -> Outcome`` of ``yoto_jax.search_methods`` over the benchmark's rows of
-    ``SELECT_METHODS`` (one member each) and the library's fixed rows."""
+    ``SELECT_METHODS`` (one member each) and the grid's fixed rows."""
     weightings = {m: METHODS[m].weighting for m in SELECT_METHODS} | {"fixed": fixed}
     shared = {w: _functions(task, w) for w in set(weightings.values())}  # equal is fixed's
     functions = {m: shared[weighting] for m, weighting in weightings.items()}
-    rows = fixed_rows(task.num_aux + 1, DEFAULT_FIXED_VALUES)
+    rows = loss_weight_grid(GRID_VALUES, task.num_aux)
+    steps = task.training.steps
+    rung_steps = select_rung_steps(steps, rung_sizes(len(SELECT_METHODS) + len(rows), ETA))
 
     def one_seed(seed: int) -> Outcome:
         configs = {m: [METHODS[m].configs(task.num_aux, seed)[0]] for m in SELECT_METHODS}
@@ -250,9 +253,10 @@ def _select_best(name: str, task: Task) -> Callable[[int], Outcome]:
         result = yoto_jax.search_methods(
             families,
             jax.random.key(seed),
-            total_steps=task.training.steps,
+            total_steps=steps,
             eta=ETA,
             maximize=task.higher_is_better,
+            rung_steps=rung_steps,
         )
         carry = result.best_state["carry"]
         key = jax.random.key(seed)
@@ -280,6 +284,24 @@ def halving_budget(steps: int, num: int = 9, eta: int = ETA) -> int:
     """The member-steps of successive halving over ``num`` members: the Optuna rows' budget."""
     sizes = rung_sizes(num, eta)
     return sum(n * s for n, s in zip(sizes, rung_lengths(steps, len(sizes), None, ""), strict=True))
+
+
+def select_rung_steps(steps: int, sizes: list[int]) -> list[int]:
+    """Rungs of s, 2s, 4s, ... and the rest of ``steps``, for populations of ``sizes``.
+
+    s is the largest whose member-steps stay within ``halving_budget(steps)`` (halving
+    over the grid's 9), and at most what the even split gives the early rungs together:
+    a larger first population gets shorter first rungs rather than more compute, and
+    the later rungs, which rank fewer and closer members, get more steps.
+    """
+    if len(sizes) == 1:
+        return [steps]
+    doublings = [2**i for i in range(len(sizes) - 1)]
+    extra = sum((n - 1) * d for n, d in zip(sizes[:-1], doublings, strict=True))
+    even = steps * (len(sizes) - 1) // len(sizes)
+    first = max(1, min((halving_budget(steps) - steps) // extra, even // sum(doublings)))
+    early = [first * d for d in doublings]
+    return [*early, steps - sum(early)]
 
 
 def _optuna_search(name: str, task: Task) -> Callable[[int], Outcome]:
