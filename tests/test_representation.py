@@ -232,9 +232,12 @@ def test_loss_weighting_methods_use_it_unchanged(rng):
         _close(u, v, ulps=4)
 
 
-def test_nnx_train_step_matches_the_functional_trainer(rng):
+@pytest.mark.parametrize("gramian", ["jacobian", "products"])
+def test_nnx_train_step_matches_the_functional_trainer(rng, gramian):
     """yoto_jax.nnx.train_step with a representation split of the NNX model trains as the
-    functional trainer with the same split of the params (MGDA-UB, two SGD steps)."""
+    functional trainer with the same split of the params (MGDA-UB, two SGD steps; the
+    NNX model's Gramian from the Jacobian or from products, the trainer's from the
+    Jacobian)."""
     from flax import nnx
 
     from yoto_jax.nnx import LossWeights, train_step
@@ -253,7 +256,7 @@ def test_nnx_train_step_matches_the_functional_trainer(rng):
         def __init__(self):
             self.trunk = nnx.Linear(INPUTS, FEATURES, rngs=nnx.Rngs(1))
             self.heads = nnx.Linear(FEATURES, 2, rngs=nnx.Rngs(2))
-            self.loss_weights = LossWeights("a", ["b"], weighting=bl.mgda(True))
+            self.loss_weights = LossWeights("a", ["b"], weighting=bl.mgda(True, gramian=gramian))
 
     model = Net()
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -284,7 +287,8 @@ def test_nnx_train_step_matches_the_functional_trainer(rng):
 
 def _sharded_worker() -> dict:
     """In a process with 8 CPU devices: three MGDA-UB trainer steps on a batch split over
-    the devices, and the same on one device; the final params of both."""
+    the devices, with the Gramian from the Jacobian and from products, and the Jacobian
+    path on one device; the final params of each."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, INPUTS)).astype(np.float32)
     y = rng.normal(size=(32, T)).astype(np.float32)
@@ -292,9 +296,9 @@ def _sharded_worker() -> dict:
         "trunk": rng.normal(size=(INPUTS, FEATURES)).astype(np.float32),
         "heads": rng.normal(size=(FEATURES, T)).astype(np.float32),
     }
-    train = yoto_jax.trainer(bl.mgda(SHARED), optax.sgd(0.1))
 
-    def run(params, x, y):
+    def run(params, x, y, gramian="jacobian"):
+        train = yoto_jax.trainer(bl.mgda(SHARED, gramian=gramian), optax.sgd(0.1))
         losses_fn = yoto_jax.representation_losses(
             lambda p: jnp.tanh(x @ p["trunk"]),
             lambda p, z: jnp.mean((z @ p["heads"] - y) ** 2, axis=0),
@@ -310,13 +314,21 @@ def _sharded_worker() -> dict:
     sharded = jax.jit(run)(
         jax.device_put(params, replicated), jax.device_put(x, batch), jax.device_put(y, batch)
     )
+    products = jax.jit(run, static_argnums=3)(
+        jax.device_put(params, replicated),
+        jax.device_put(x, batch),
+        jax.device_put(y, batch),
+        "products",
+    )
     one = jax.devices()[0]
     single = jax.jit(run)(*jax.device_put((params, x, y), one))
     return {
         "devices": len(jax.devices()),
         "x_shards": len(jax.device_put(x, batch).addressable_shards),
-        "sharded": jax.tree.map(lambda a: np.asarray(a).tolist(), sharded),
-        "single": jax.tree.map(lambda a: np.asarray(a).tolist(), single),
+        **{
+            name: jax.tree.map(lambda a: np.asarray(a).tolist(), trained)
+            for name, trained in (("sharded", sharded), ("products", products), ("single", single))
+        },
     }
 
 
@@ -339,6 +351,7 @@ def test_eight_simulated_devices_match_one():
     assert report["devices"] == 8 and report["x_shards"] == 8
     for part in ("trunk", "heads"):
         _close(report["sharded"][part], report["single"][part], ulps=32)
+        _close(report["products"][part], report["single"][part], ulps=32)
 
 
 if __name__ == "__main__":
