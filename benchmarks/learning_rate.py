@@ -10,7 +10,10 @@ the three benchmark tasks, against an Adam grid and optax.contrib's
 learning-rate-free optimizers.
 
 Run: ``python -m benchmarks.learning_rate [--seeds 3] [--steps 1500]``, or
-``python -m benchmarks.learning_rate --tasks [--scale quick] [--seeds 3] [--out DIR]``.
+``python -m benchmarks.learning_rate --tasks [--scale quick] [--seeds 3] [--out DIR]``, or
+``python -m benchmarks.learning_rate --tasks --diagnose [--scale quick] [--seeds 3]`` for
+the cosine's statistics at fixed rates and the damage done by the first steps at 10×
+the rate.
 """
 
 from __future__ import annotations
@@ -138,7 +141,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--quadratic-steps", type=int, default=500)
     parser.add_argument(
-        "--shrink-ratio", type=float, default=None, help="override SHRINK_RATIO (1: symmetric)"
+        "--shrink-ratio",
+        type=float,
+        default=None,
+        help="override SHRINK_RATIO (the fast shrink at a cosine of -1, in units of β; 0: none)",
+    )
+    parser.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="with --tasks: the raw cosine's statistics at fixed rates, and the damage of "
+        "the first steps at 10× the rate",
     )
     parser.add_argument("--tasks", action="store_true", help="issue 21's task benchmark instead")
     parser.add_argument("--scale", default="quick", help="with --tasks: quick or full")
@@ -146,6 +158,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.shrink_ratio is not None:
         learning_rate.SHRINK_RATIO = args.shrink_ratio
+    if args.tasks and args.diagnose:
+        learning_rate_tasks.diagnose(args.scale, args.seeds)
+        return
     if args.tasks:
         learning_rate_tasks.main(args.scale, args.seeds, args.out)
         return

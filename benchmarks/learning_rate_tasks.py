@@ -157,27 +157,38 @@ def step_size(opt_state: optax.OptState, row: dict[str, jax.Array], count, steps
     return jnp.where(row["optimizer"] == 0, yoto_jax.learning_rate_of(state) * shape, jnp.nan)
 
 
+def training_step(task: Task, train: yoto_jax.Trainer, key: jax.Array, data):
+    """``(state, index) -> state``: the harness's training step ``index`` of a run from
+    ``key`` (its batch drawn with replacement from ``data.train``)."""
+    loop_key = jax.random.split(split_key(key)[1])[0]
+    num_train = jax.tree.leaves(data.train)[0].shape[0]
+
+    def step(state, index):
+        keys = jax.random.split(jax.random.fold_in(loop_key, index), 3)
+        chosen = jax.random.randint(keys[0], (task.training.batch_size,), 0, num_train)
+        batch = jax.tree.map(lambda x: x[chosen], data.train)
+        state, _ = train.step(state, lambda p: task.losses(p, batch, keys[1]), keys[2])
+        return state
+
+    return step
+
+
 def program(task: Task, weighting: Callable[[], yoto_jax.Weighting]):
     """``(rows, keys, data) -> results`` as one vmapped program: each member trains with
     its row's optimizer from its key (the harness's initialisation and batches); the
     results hold the test metric and α every ``log_every`` steps, and the final
     validation metric."""
-    steps, batch_size, _, log_every, _, fresh = task.training
+    steps, _, _, log_every, _, fresh = task.training
     if fresh or steps % log_every:
         raise ValueError(f"{task.name}: needs batches with replacement and log_every | steps.")
 
     def one(row: dict[str, jax.Array], key: jax.Array, data) -> dict[str, jax.Array]:
         train = yoto_jax.trainer(weighting(), optimizer(row, steps))
-        init_key, loop_key = split_key(key)
-        loop_key = jax.random.split(loop_key)[0]
-        num_train = jax.tree.leaves(data.train)[0].shape[0]
+        init_key = split_key(key)[0]
+        one_step = training_step(task, train, key, data)
 
         def step(state, index):
-            keys = jax.random.split(jax.random.fold_in(loop_key, index), 3)
-            chosen = jax.random.randint(keys[0], (batch_size,), 0, num_train)
-            batch = jax.tree.map(lambda x: x[chosen], data.train)
-            state, _ = train.step(state, lambda p: task.losses(p, batch, keys[1]), keys[2])
-            return state, None
+            return one_step(state, index), None
 
         def interval(state, start):
             state, _ = jax.lax.scan(step, state, start + jnp.arange(log_every))
@@ -443,3 +454,77 @@ def main(scale: str, seeds: int, out: str | None) -> None:
             name += f"_shrink{learning_rate.SHRINK_RATIO:g}"
         record.write_json(folder / f"results_{name}.json", to_json(stored))
         plot(results, sweeps, info, folder / f"curves_{name}.png", header)
+
+
+QUICK_ORACLE = {"depth": 0.0095, "segmentation": 0.03, "multidigits": 0.003}
+"""The Adam grid's best rate at the quick scale with the grid-best weights
+(docs/learning_rate.md): the diagnostics' 1×."""
+
+DAMAGED_STEPS = (0, 1, 3, 10, 30)
+
+
+def diagnostic_program(task: Task, weights: jax.Array):
+    """``(rate, beta, first, key, data) -> (cosines, test)``: Adam with the learned rate
+    from ``rate`` (β = ``beta``; 0 keeps it fixed), its first ``first`` steps at 10× the
+    rate, with fixed loss ``weights``; each step's raw cosine c_t and the final test
+    metric. Vmapped over the leading four."""
+    steps = task.training.steps
+
+    def one(rate, beta, first, key, data):
+        shape = lambda count: jnp.where(count < first, 10.0, 1.0)
+        tx = optax.chain(
+            yoto_jax.learned_learning_rate(optax.scale_by_adam(), rate, meta_learning_rate=beta),
+            optax.scale_by_schedule(shape),
+        )
+        train = yoto_jax.trainer(yoto_jax.fixed_weights(weights), tx)
+        init_key = split_key(key)[0]
+        one_step = training_step(task, train, key, data)
+
+        def step(state, index):
+            before = states_of(state.opt_state, yoto_jax.LearnedLearningRateState)[0]
+            state = one_step(state, index)
+            after = states_of(state.opt_state, yoto_jax.LearnedLearningRateState)[0]
+            b1 = learning_rate.COSINE_DECAY  # c_t from the running mean's update
+            cosine = (after.cosine_mean - b1 * before.cosine_mean) / (1 - b1)
+            return state, cosine
+
+        state = train.init(task.init(init_key), len(task.loss_names))
+        state, cosines = jax.lax.scan(step, state, jnp.arange(steps))
+        return cosines[1:], evaluate(task, state.params["model"], data.test)[task.metric]
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
+
+
+def diagnose(scale: str, seeds: int) -> None:
+    """Per task (the grid-best weights): the raw cosine's mean and std over each third
+    of the run at fixed Adam rates 0.1×, 1× and 10× ``QUICK_ORACLE``; and the final test
+    metric of fixed Adam at 1× whose first k steps ran at 10× (k in ``DAMAGED_STEPS``)."""
+    for name in task_suite.TASKS:
+        task = task_suite.build(name, scale)
+        weights = jnp.asarray(GRID_BEST_WEIGHTS[name], jnp.float32)
+        factors = (0.1, 1.0, 10.0)
+        cases = [(f, 0) for f in factors] + [(1.0, k) for k in DAMAGED_STEPS if k]
+        rates = jnp.asarray([QUICK_ORACLE[name] * f for f, _ in cases for _ in range(seeds)])
+        firsts = jnp.asarray([k for _, k in cases for _ in range(seeds)])
+        keys = jnp.stack([seed_key(s) for _ in cases for s in range(seeds)])
+        zeros = jnp.zeros(len(cases) * seeds)
+        cosines, test = diagnostic_program(task, weights)(rates, zeros, firsts, keys, task.data)
+        cosines = np.asarray(cosines).reshape(len(cases), seeds, -1)
+        test = np.asarray(test).reshape(len(cases), seeds)
+        print(f"{name} ({task.training.steps} steps, test {task.metric}):")
+        for i, f in enumerate(factors):
+            thirds = np.array_split(cosines[i], 3, axis=1)
+            stats = "  ".join(f"{t.mean():+.3f} ± {t.std():.3f}" for t in thirds)
+            print(
+                f"  fixed {f:g}× ({QUICK_ORACLE[name] * f:.2g}): cosine by thirds {stats}; "
+                f"first {cosines[i, :, 0].mean():+.3f}; test {test[i].mean():.4f} ± {test[i].std():.4f}"
+            )
+        damaged = [test[factors.index(1.0)]] + [
+            test[len(factors) + j] for j in range(len(cases) - 3)
+        ]
+        print(
+            "  first k steps at 10×, then 1×: "
+            + "  ".join(
+                f"k={k}: {t.mean():.4f} ± {t.std():.4f}" for k, t in zip(DAMAGED_STEPS, damaged)
+            )
+        )

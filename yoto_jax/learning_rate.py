@@ -11,10 +11,21 @@ import optax
 from yoto_jax import _checks
 
 DEFAULT_META_LEARNING_RATE = 0.05
-"""How far log α grows per step while consecutive gradient and direction agree, in nats."""
+"""How far log α moves per step while the cosine's sign is consistent, in nats."""
 
-SHRINK_RATIO = 10.0
-"""log α falls this many times faster than it grows, for cosines of the same size."""
+COSINE_DECAY = 0.8
+"""b₁: the decay of the cosine's running mean m_t (a horizon of about 5 steps)."""
+
+SQUARE_DECAY = 0.99
+"""b₂: the decay of the cosine's running second moment v_t (about 100 steps)."""
+
+SHRINK_THRESHOLD = 0.5
+"""τ: a cosine below −τ (the step overshot a valley) adds the fast shrink."""
+
+SHRINK_RATIO = 20.0
+"""The fast shrink at a cosine of −1, in units of β: ν falls by up to (1 + 20)β a step."""
+
+EPSILON = 1e-8
 
 
 class LearnedLearningRateState(NamedTuple):
@@ -24,6 +35,8 @@ class LearnedLearningRateState(NamedTuple):
     previous_direction: optax.Updates  # d_{t-1}, the direction the last step took (before -α)
     inner_state: optax.OptState  # the direction's state
     count: jax.Array  # shape=(), int32
+    cosine_mean: jax.Array  # m_t, the cosine's running mean (not bias-corrected), float32
+    cosine_square: jax.Array  # v_t, its running second moment (not bias-corrected), float32
 
 
 def learning_rate_of(state: optax.OptState, group: str | None = None) -> jax.Array:
@@ -97,24 +110,30 @@ def learned_learning_rate(
     direction (the output of ``direction``, before −α):
 
     .. math::
-        c_t = \frac{⟨g_t, d_{t-1}⟩}{‖g_t‖\,‖d_{t-1}‖}, \qquad
-        ν_t = ν_{t-1} + β \min(c_t, 10 c_t), \qquad
-        u_t = -e^{ν_t}\, d_t .
+        c_t = \frac{⟨g_t, d_{t-1}⟩}{‖g_t‖\,‖d_{t-1}‖}, \quad
+        m_t = b_1 m_{t-1} + (1 - b_1) c_t, \quad
+        v_t = b_2 v_{t-1} + (1 - b_2) c_t^2,
 
-    The last step moved the params by :math:`-α_{t-1} d_{t-1}`, so the current loss's
-    derivative in the previous step size is :math:`∂f_t/∂α_{t-1} = -⟨g_t, d_{t-1}⟩`
-    (Baydin et al.'s hypergradient), and in ν = log α it is
-    :math:`-α_{t-1}⟨g_t, d_{t-1}⟩`. Its scale is the loss's, the gradients' and α's;
-    dividing by :math:`α_{t-1}‖g_t‖‖d_{t-1}‖` leaves the cosine, so ν descends the
-    hypergradient's direction at a rate β in nats per step whatever the scale
-    (like YOTO's µ): α grows by at most :math:`e^β` a step while consecutive steps
-    agree (too small a step), shrinks by up to :math:`e^{10β}` while they oppose (too
-    large a step, the iterate oscillates) and rests where the new gradient is
-    orthogonal to the last step, the exact line search's condition. The shrink is
-    faster (``SHRINK_RATIO``) because past the stability edge the error grows
-    geometrically while α is still coming down: on an ill-conditioned quadratic the
-    symmetric rule overshoots that edge and blows up where this one does not
-    (docs/learning_rate.md has the measurements). With ``meta_learning_rate=0`` this is
+        ν_t = ν_{t-1} + β \Big(\frac{\hat m_t}{\sqrt{\hat v_t} + ε}
+              + K \frac{\min(c_t + τ, 0)}{1 - τ}\Big), \qquad
+        u_t = -e^{ν_t}\, d_t ,
+
+    with :math:`\hat m_t, \hat v_t` Adam's bias-corrected moments (b₁ = 0.8, b₂ = 0.99),
+    τ = 0.5 and K = 20 (``SHRINK_RATIO``). The last step moved the params by
+    :math:`-α_{t-1} d_{t-1}`, so the current loss's derivative in the previous step
+    size is :math:`∂f_t/∂α_{t-1} = -⟨g_t, d_{t-1}⟩` (Baydin et al.'s hypergradient);
+    its cosine :math:`c_t` has the same sign and no units. ν follows the cosine's
+    *signal-to-noise ratio*: while the sign is consistent (too small a step, or too
+    large a step on a deterministic problem), :math:`\hat m/\sqrt{\hat v} ≈ ±1` and
+    ν moves β nats a step, whatever the loss's or the gradients' scale (like YOTO's
+    µ); under minibatch noise whose cosine averages zero, the ratio averages zero
+    too, so α does not drift, and a weak mean (a few hundredths against a noise of
+    0.1) moves it slowly. α rests where the new gradient is, on average, orthogonal
+    to the last step, the exact line search's condition. A cosine below −τ (the
+    iterate overshot a valley) adds up to K·β nats of shrink at once: past the
+    stability edge the error grows geometrically, and the running mean alone reacts
+    too late (docs/learning_rate.md has the measurements). With
+    ``meta_learning_rate=0`` this is
     ``optax.chain(direction, optax.scale_by_learning_rate(learning_rate))``.
 
     One α per parameter group: put one ``learned_learning_rate`` in each group of an
@@ -163,11 +182,22 @@ def learned_learning_rate(
             previous_direction=optax.tree.zeros_like(params),
             inner_state=direction.init(params),
             count=jnp.zeros([], jnp.int32),
+            cosine_mean=jnp.zeros([], jnp.float32),
+            cosine_square=jnp.zeros([], jnp.float32),
         )
 
     def update_fn(updates, state, params=None, **extra_args: Any):
-        agreement = _cosine(updates, state.previous_direction)
-        agreement = jnp.where(agreement < 0, SHRINK_RATIO * agreement, agreement)
+        cosine = _cosine(updates, state.previous_direction)
+        seen = state.count > 0  # the first step has no previous direction
+        b1, b2 = COSINE_DECAY, SQUARE_DECAY
+        mean = jnp.where(seen, b1 * state.cosine_mean + (1 - b1) * cosine, 0.0)
+        square = jnp.where(seen, b2 * state.cosine_square + (1 - b2) * cosine**2, 0.0)
+        k = jnp.maximum(state.count, 1).astype(jnp.float32)
+        ratio = (mean / (1 - b1**k)) / (jnp.sqrt(square / (1 - b2**k)) + EPSILON)
+        ratio = jnp.where(seen, ratio, 0.0)
+        tau = SHRINK_THRESHOLD
+        overshoot = jnp.minimum(cosine + tau, 0.0) / (1 - tau)  # in [-1, 0]
+        agreement = ratio + SHRINK_RATIO * overshoot
         log_learning_rate = state.log_learning_rate + meta_learning_rate * agreement
         new_direction, inner_state = direction.update(
             updates, state.inner_state, params, **extra_args
@@ -179,6 +209,8 @@ def learned_learning_rate(
             previous_direction=new_direction,
             inner_state=inner_state,
             count=optax.safe_increment(state.count),
+            cosine_mean=mean.astype(jnp.float32),
+            cosine_square=square.astype(jnp.float32),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
