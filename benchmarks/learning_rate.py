@@ -13,7 +13,8 @@ Run: ``python -m benchmarks.learning_rate [--seeds 3] [--steps 1500]``, or
 ``python -m benchmarks.learning_rate --tasks [--scale quick] [--seeds 3] [--out DIR]``, or
 ``python -m benchmarks.learning_rate --tasks --diagnose [--scale quick] [--seeds 3]`` for
 the cosine's statistics at fixed rates and the damage done by the first steps at 10×
-the rate.
+the rate, or ``... --tasks --variants --scale full --seeds 5 [--out DIR]`` for variants of the rule
+(ν drifting up, a cosine decay on top) from 0.1×, 0.001× and 10× the best rate.
 """
 
 from __future__ import annotations
@@ -152,6 +153,12 @@ def main() -> None:
         help="with --tasks: the raw cosine's statistics at fixed rates, and the damage of "
         "the first steps at 10× the rate",
     )
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="with --tasks: the learned rate with ν drifting up (a rest point at a negative "
+        "cosine) and times a cosine decay, from 0.1×, 0.001× and 10× the best rate",
+    )
     parser.add_argument("--tasks", action="store_true", help="issue 21's task benchmark instead")
     parser.add_argument("--scale", default="quick", help="with --tasks: quick or full")
     parser.add_argument("--out", default=None, help="with --tasks: the JSON and PNGs' folder")
@@ -160,6 +167,9 @@ def main() -> None:
         learning_rate.SHRINK_RATIO = args.shrink_ratio
     if args.tasks and args.diagnose:
         learning_rate_tasks.diagnose(args.scale, args.seeds)
+        return
+    if args.tasks and args.variants:
+        learning_rate_tasks.variants(args.scale, args.seeds, args.out)
         return
     if args.tasks:
         learning_rate_tasks.main(args.scale, args.seeds, args.out)

@@ -495,6 +495,100 @@ def diagnostic_program(task: Task, weights: jax.Array):
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
 
 
+VARIANT_DRIFTS = (0.0, 0.3, 0.6)
+"""The constant upward push on ν of :func:`variants`, in units of β (0: the module's rule)."""
+
+VARIANT_STARTS = (0.1, 0.001, 10.0)
+"""The initial rates of :func:`variants`, × the grid's best rate at the full scale."""
+
+FULL_ORACLE = {"depth": 0.0095, "segmentation": 0.03, "multidigits": 0.00095}
+"""The Adam grid's best rate at the full scale with the grid-best weights (the full-mode
+table in docs/learning_rate.md)."""
+
+
+def drifted(tx: optax.GradientTransformation, drift: jax.Array) -> optax.GradientTransformation:
+    """``tx`` (a :func:`yoto_jax.learned_learning_rate`) whose ν also rises by β·``drift``
+    every step after the first: the rule's rest point moved from a zero mean cosine to a
+    negative one (a larger α)."""
+    tx = optax.with_extra_args_support(tx)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_updates, new_state = tx.update(updates, state, params, **extra_args)
+        shift = jnp.where(state.count > 0, yoto_jax.DEFAULT_META_LEARNING_RATE * drift, 0.0)
+        new_updates = jax.tree.map(lambda u: u * jnp.exp(shift).astype(u.dtype), new_updates)
+        return new_updates, new_state._replace(
+            log_learning_rate=new_state.log_learning_rate + shift
+        )
+
+    return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def variant_program(task: Task, weights: jax.Array):
+    """``(rate, drift, decay, key, data) -> (test, α)``: Adam with the learned rate from
+    ``rate``, ν drifting by β·``drift`` a step (:func:`drifted`), times the harness's
+    cosine decay to 0 where ``decay``; fixed loss ``weights``; the final test metric and
+    α. Vmapped over the leading four."""
+    steps = task.training.steps
+    shape = optax.cosine_decay_schedule(1.0, steps)
+
+    def one(rate, drift, decay, key, data):
+        learned = yoto_jax.learned_learning_rate(optax.scale_by_adam(), rate)
+        tx = optax.chain(
+            drifted(learned, drift),
+            optax.scale_by_schedule(lambda count: jnp.where(decay, shape(count), 1.0)),
+        )
+        train = yoto_jax.trainer(yoto_jax.fixed_weights(weights), tx)
+        one_step = training_step(task, train, key, data)
+        state = train.init(task.init(split_key(key)[0]), len(task.loss_names))
+        state = jax.lax.fori_loop(0, steps, lambda index, state: one_step(state, index), state)
+        (learned_state,) = states_of(state.opt_state, yoto_jax.LearnedLearningRateState)
+        test = evaluate(task, state.params["model"], data.test)[task.metric]
+        return test, yoto_jax.learning_rate_of(learned_state)
+
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, 0, None)))
+
+
+def variants(scale: str, seeds: int, out: str | None) -> None:
+    """Per task (the grid-best weights): the learned rate from each of ``VARIANT_STARTS``
+    × the grid's best, with ν drifting up by each of ``VARIANT_DRIFTS`` × β a step, and
+    (drift 0, the first two starts) times the harness's cosine decay to 0; the final test
+    metric (mean ± std over seeds) and α, printed and, with ``out``, written to
+    ``out/variants_{scale}.json`` with per-seed values."""
+    source = record.provenance("benchmarks.learning_rate")
+    stored: dict[str, Any] = {"config": {**source, "scale": scale, "seeds": seeds}}
+    cases = [(d, f, False) for d in VARIANT_DRIFTS for f in VARIANT_STARTS]
+    cases += [(0.0, f, True) for f in VARIANT_STARTS[:2]]
+    for name in task_suite.TASKS:
+        task = task_suite.build(name, scale)
+        weights = jnp.asarray(GRID_BEST_WEIGHTS[name], jnp.float32)
+        fields = [jnp.asarray([v for v in values for _ in range(seeds)]) for values in zip(*cases)]
+        rates = fields[1] * FULL_ORACLE[name]
+        keys = jnp.stack([seed_key(s) for _ in cases for s in range(seeds)])
+        test, alpha = variant_program(task, weights)(rates, fields[0], fields[2], keys, task.data)
+        test = np.asarray(test).reshape(len(cases), seeds)
+        alpha = np.asarray(alpha).reshape(len(cases), seeds)
+        print(f"{name} ({task.training.steps} steps, test {task.metric}):")
+        stored[name] = []
+        for (drift, start, decay), t, a in zip(cases, test, alpha):
+            label = f"drift {drift:g}β" + (", × cosine decay" if decay else "")
+            print(
+                f"  {label:26} from {start:g}× the best rate: {t.mean():.4f} ± {t.std():.4f}"
+                f"  final α {np.exp(np.log(a).mean()):.2g}"
+            )
+            stored[name].append(
+                {
+                    "drift": drift,
+                    "start": start,
+                    "cosine_decay": decay,
+                    "initial_rate": start * FULL_ORACLE[name],
+                    "test": t.tolist(),
+                    "final_rate": a.tolist(),
+                }
+            )
+    if out is not None:
+        print("wrote", record.write_json(Path(out) / f"variants_{scale}.json", stored))
+
+
 def diagnose(scale: str, seeds: int) -> None:
     """Per task (the grid-best weights): the raw cosine's mean and std over each third
     of the run at fixed Adam rates 0.1×, 1× and 10× ``QUICK_ORACLE``; and the final test
