@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,7 @@ from benchmarks.methods import (
     Method,
     in_representation,
     no_config,
+    on_the_trunk,
     single_config,
 )
 from benchmarks.models import (
@@ -63,6 +65,7 @@ from benchmarks.tasks import build
 from benchmarks.tasks.base import Batch, Params, Splits, Task
 from benchmarks.training import Setting
 from yoto_jax import baselines
+from yoto_jax.baselines import _gradients
 
 BASELINES = (
     "equal",
@@ -104,6 +107,22 @@ PRODUCTS_METHODS: dict[str, Method] = {
 """The ``_products`` and ``_products_rep`` rows."""
 
 
+def summed_per_loss(shared: Any) -> yoto_jax.Weighting:
+    """The floor of every gradient-combination method's cost: the per-loss gradients
+    formed (T backward passes; in representation mode, of z through the heads) and
+    summed, with no Gram matrix (its entries are never read, so XLA drops it) and no
+    solver. Built from the library's private blocks: a yardstick, not a method."""
+    ones = _gradients.stateless(lambda gram: jnp.ones(gram.shape[:1], gram.dtype))
+    transformation = _gradients.gram_transformation("summed_per_loss", shared, ones)
+    return _gradients.manipulation_weighting(transformation)
+
+
+_SUMMED = on_the_trunk(summed_per_loss, "the per-loss gradients, summed (no Gram, no solver)")
+FLOOR_METHODS: dict[str, Method] = {m.name: m for m in (_SUMMED, in_representation(_SUMMED))}
+"""``summed_per_loss`` and ``summed_per_loss_rep``: the cost of forming the per-loss
+gradients alone, in both modes."""
+
+
 def timing_task(task: Task, steps: int) -> Task:
     """`task` trained for `steps` steps, logging once, evaluated on one chunk per split."""
     chunk = task.training.eval_chunk
@@ -115,13 +134,14 @@ def timing_task(task: Task, steps: int) -> Task:
 
 def methods_to_time() -> dict[str, Method]:
     """The registered baselines and YOTO, the gradient-manipulation methods, the
-    gradient-combination methods in representation mode, and the Gram-matrix methods
-    with ``gramian="products"`` in both modes."""
+    gradient-combination methods in representation mode, the Gram-matrix methods
+    with ``gramian="products"`` in both modes, and the floor rows (``summed_per_loss``)."""
     return {
         **{name: METHODS[name] for name in BASELINES},
         **GRADIENT_METHODS,
         **REPRESENTATION_METHODS,
         **PRODUCTS_METHODS,
+        **FLOOR_METHODS,
     }
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 
 import yoto_jax
-from benchmarks.learning_rate_tasks import CONTRIB, Row, members, optimizer
+from benchmarks.learning_rate_tasks import CONTRIB, Row, drifted, members, optimizer
 
 STEPS = 30
 CURVATURES = jnp.linspace(0.5, 2.0, 6)
@@ -45,3 +45,23 @@ def test_each_member_trains_as_its_optimizer_alone():
         scale = float(jnp.max(jnp.abs(alone)))
         assert scale > 1e-4, name  # it moved (DoG starts with 1e-6 steps)
         np.testing.assert_allclose(batched[i], alone, rtol=1e-5, atol=1e-6 * scale, err_msg=name)
+
+
+def test_drifted_shifts_log_rate_and_updates_after_the_first_step():
+    """``drifted``: each step is the rule's own step from the same state, then ν and the
+    updates moved up by β·drift (nats), except on the first step."""
+    shift = yoto_jax.DEFAULT_META_LEARNING_RATE * 0.3
+    rule = yoto_jax.learned_learning_rate(optax.identity(), 0.1)
+    pushed = drifted(rule, jnp.asarray(0.3))
+    params = {"w": jnp.zeros(2)}
+    state = pushed.init(params)
+    for step, w in enumerate([[1.0, -2.0], [0.5, 1.5], [-1.0, 0.25]]):
+        grads = {"w": jnp.asarray(w)}
+        expected_updates, expected_state = rule.update(grads, state, params)
+        updates, state = pushed.update(grads, state, params)
+        moved = shift if step > 0 else 0.0
+        np.testing.assert_allclose(
+            state.log_learning_rate, expected_state.log_learning_rate + moved, rtol=1e-6
+        )
+        np.testing.assert_allclose(updates["w"], expected_updates["w"] * np.exp(moved), rtol=1e-6)
+        assert state.count == expected_state.count == step + 1

@@ -4,8 +4,13 @@ compiles once while µ and ρ (an argument of the jitted step) change, and YOTO 
 few kernels and a few flops per auxiliary loss. Timings are not asserted."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from _load import load_script
+
+import yoto_jax
+from benchmarks.method_overhead import summed_per_loss
 
 CPU_EXTRA_KERNELS = {"yoto": 13, "paper": 10}
 """YOTO's extra kernels on XLA:CPU for k4 (jax 0.10.2; benchmarks/OVERHEAD.md), down
@@ -64,3 +69,25 @@ def test_steps_per_call_runs_that_many_training_steps_in_one_call():
         np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=2e-6)
     # Three steps changed the state, so the comparison is not vacuous.
     assert any(not np.allclose(leaf, first) for leaf, first in zip(want, start, strict=True))
+
+
+def test_summed_per_loss_steps_along_the_gradient_of_the_summed_losses():
+    """method_overhead's floor rows: the per-loss gradients, summed. One SGD step (rate 1)
+    moves the params by minus the gradient of Σᵢ lᵢ, in parameter mode (shared leaf
+    ``w``, head ``h``) and in representation mode (z = x·w, the heads read z and ``h``)."""
+    x = jnp.array([[1.0, 2.0], [-0.5, 1.5], [0.25, -1.0]])
+    params = {"w": jnp.array([[0.5, -1.0], [2.0, 0.3]]), "h": jnp.array([1.5, -0.7])}
+
+    def heads(p, z):
+        return jnp.stack([jnp.sum((z @ p["h"]) ** 2), jnp.sum(jnp.sin(z)), jnp.sum(z * p["h"])])
+
+    features = lambda p: x @ p["w"]
+    losses = lambda p: heads(p, features(p))
+    expected = jax.grad(lambda p: jnp.sum(losses(p)))(params)
+    shared = {"w": True, "h": False}
+    for losses_fn in (losses, yoto_jax.representation_losses(features, heads)):
+        train = yoto_jax.trainer(summed_per_loss(shared), optax.sgd(1.0))
+        state, _ = train.step(train.init(params, 3), losses_fn)
+        moved = jax.tree.map(lambda new, old: old - new, state.params["model"], params)
+        for name in params:
+            np.testing.assert_allclose(moved[name], expected[name], rtol=1e-5, atol=1e-6)

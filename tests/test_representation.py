@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -27,6 +28,8 @@ from test_manipulation import min_norm_reference_weights
 
 import yoto_jax
 from yoto_jax import baselines as bl
+from yoto_jax import representation
+from yoto_jax.representation import representation_gradients
 
 SHARED = {"trunk": True, "heads": False}
 BATCH, FEATURES, INPUTS, T = 6, 3, 4, 3
@@ -43,6 +46,18 @@ def _heads(params, z, y):
     """Loss i: the mean squared error of the nonlinear head i on target i, (T,)."""
     predictions = jnp.tanh(z @ params["heads"])  # (batch, T)
     return jnp.mean((predictions - y) ** 2, axis=0)
+
+
+def _stacked_heads(params, z, y):
+    """`_heads` with each loss its own scalar, stacked in two parts: each loss's gradient
+    of z then takes its own backward pass (representation._separate_gradients)."""
+
+    def loss(i):
+        return jnp.mean((jnp.tanh(z @ params["heads"][:, i]) - y[:, i]) ** 2)
+
+    return jnp.concatenate(
+        [jnp.stack([loss(0), loss(1)]), jnp.stack([loss(i) for i in range(2, T)])]
+    )
 
 
 def _problem(rng):
@@ -68,16 +83,18 @@ METHODS = {
 }
 
 
+@pytest.mark.parametrize("heads", [_heads, _stacked_heads], ids=["vector", "stacked"])
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_identity_trunk_equals_parameter_mode(rng, name):
+def test_identity_trunk_equals_parameter_mode(rng, name, heads):
     """z = the trunk's params: ∂z/∂θ is the identity, so the per-loss gradients of z are
-    those of the shared params, and the two modes compute the same update."""
+    those of the shared params, and the two modes compute the same update; with the
+    losses one vector (the T passes vmapped) and stacked scalars (a pass per loss)."""
     params, y = _problem(rng)
     weighting = METHODS[name]()
     weighting_params, state = weighting.init(T)
     parameter_mode = lambda p: _heads(p, p["trunk"], y)
     representation_mode = yoto_jax.representation_losses(
-        lambda p: p["trunk"], lambda p, z: _heads(p, z, y)
+        lambda p: p["trunk"], lambda p, z: heads(p, z, y)
     )
     key = jax.random.key(3)
 
@@ -192,11 +209,56 @@ def test_heads_without_z_raise(rng):
     state = weighting.init(T)[1]
     with pytest.raises(ValueError, match=r"losses \[2\].*do not depend on the representation z"):
         weighting.step(losses_fn, params, {}, state)
+
+    def nested(p, z):  # the same, stacked in two parts
+        losses = _heads(p, z, y)
+        regulariser = jnp.sum(p["heads"] ** 2)
+        return jnp.concatenate([jnp.stack([losses[0], losses[1]]), jnp.stack([regulariser])])
+
+    nested_fn = yoto_jax.representation_losses(lambda p: p["trunk"], nested)
+    with pytest.raises(ValueError, match=r"losses \[2\].*do not depend on the representation z"):
+        weighting.step(nested_fn, params, {}, state)
     constant = yoto_jax.representation_losses(
         lambda p: p["trunk"], lambda p, z: jnp.sum(p["heads"], axis=0)
     )
     with pytest.raises(ValueError, match="the losses do not depend"):
         jax.jit(lambda p: weighting.step(constant, p, {}, state))(params)
+
+
+def test_each_stacked_loss_takes_its_own_backward_pass():
+    """Loss 1 = ‖z[:, 1]‖ at z[:, 1] = 0: its local derivative is infinite (√ at 0), so a
+    backward pass through it with a zero cotangent gives 0·∞ = nan. Stacked losses give
+    loss 0's gradient of z exactly (2 z[:, 0] in column 0); a vector computed as a whole
+    runs the vmapped pass of loss 0 through loss 1's computation too."""
+    z = jnp.array([[1.0, 0.0], [2.0, 0.0]])
+    stacked = lambda p, z: jnp.stack([jnp.sum(z[:, 0] ** 2), jnp.sqrt(jnp.sum(z[:, 1] ** 2))])
+    vector = lambda p, z: stacked(p, z) * jnp.ones(2)
+    rows = {
+        name: representation_gradients(
+            yoto_jax.representation_losses(lambda p: p, heads), z, 2
+        ).per_loss[0]
+        for name, heads in (("stacked", stacked), ("vector", vector))
+    }
+    np.testing.assert_array_equal(rows["stacked"], [[2.0, 0.0], [4.0, 0.0]])
+    assert np.isnan(np.asarray(rows["vector"])[:, 1]).all()
+
+
+def test_loss_sources_follow_stacks_and_concatenations():
+    def nested(z):
+        return jnp.concatenate([jnp.stack([z[0], z[1] ** 2]), z[2:3] * 2.0, jnp.stack([z[3]])])
+
+    jaxpr = jax.make_jaxpr(nested)(jnp.ones(4)).jaxpr
+    sources = representation._loss_sources(jaxpr)
+    assert [s.aval.size for s in sources] == [1, 1, 1, 1]
+    scalars = jax.extend.core.jaxpr_as_fun(
+        jax.extend.core.ClosedJaxpr(jaxpr.replace(outvars=sources), [])
+    )
+    z = jnp.array([1.5, -2.0, 3.0, 0.25])
+    values = [float(jnp.reshape(s, ())) for s in scalars(z)]
+    assert values == [1.5, 4.0, 6.0, 0.25]
+    assert (
+        representation._loss_sources(jax.make_jaxpr(lambda z: z * 2.0)(jnp.ones(3)).jaxpr) is None
+    )
 
 
 def test_bad_shapes_and_types_raise(rng):

@@ -46,6 +46,7 @@ uses it unchanged, and the gradient methods detect it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -173,18 +174,45 @@ def representation_gradients(
     num_losses: int,
     transform: Callable[[jax.Array], jax.Array] | None = None,
 ) -> RepresentationGradients:
-    """One trunk forward pass, T backward passes through the heads (vmapped over the T
-    unit cotangents), and the pullback of :class:`RepresentationGradients`; the losses
-    differentiated are ``transform(losses)`` if given (IMTL's scaled losses)."""
+    """One trunk forward pass, T backward passes through the heads, and the pullback of
+    :class:`RepresentationGradients`; the losses differentiated are ``transform(losses)``
+    if given (IMTL's scaled losses). Where ``heads_fn`` stacks scalar losses
+    (``jnp.stack``, or ``jnp.concatenate`` of such stacks) and there is no ``transform``,
+    the pass of each loss runs through the part of the heads that loss reads only
+    (:func:`_separate_gradients`); otherwise the T passes are one pass vmapped over the T
+    unit cotangents, through all of the heads."""
     z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
     z = _checked_representation(z)
     heads = transformed_losses(losses_fn.heads_fn, num_losses, transform)
-    _require_dependence(losses_fn.heads_fn, model_params, z)
-    _, z_vjp, losses = jax.vjp(lambda z: heads(model_params, z), z, has_aux=True)
-    _, params_vjp, _ = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
-    (per_loss,) = jax.vmap(z_vjp)(jnp.eye(num_losses, dtype=losses.dtype))
+    traced = jax.make_jaxpr(lambda z: losses_fn.heads_fn(model_params, z))(z)
+    sources = _loss_sources(traced.jaxpr)
+    _require_dependence(traced.jaxpr, sources)
+    _, params_vjp, losses = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
+    if transform is None and sources is not None:
+        per_loss = _separate_gradients(traced, sources, z)
+    else:
+        _, z_vjp, _ = jax.vjp(lambda z: heads(model_params, z), z, has_aux=True)
+        (per_loss,) = jax.vmap(z_vjp)(jnp.eye(num_losses, dtype=losses.dtype))
     pullback = _pullback(trunk_vjp, params_vjp, losses.dtype)
     return RepresentationGradients(jax.lax.stop_gradient(losses), per_loss, pullback)
+
+
+def _separate_gradients(traced: jex_core.ClosedJaxpr, sources: list[Any], z: Any) -> Any:
+    r"""The per-loss gradients of z, each by its own backward pass from the scalar the
+    loss vector stacks: the heads' jaxpr with those scalars as its outputs, so the pass
+    from :math:`l_i` runs only through the computation :math:`l_i` reads (a vmapped
+    pass with the unit cotangent :math:`e_i` would run through every head, its zeros
+    included). A tree like z whose leaves carry a leading axis of size T."""
+    scalars = jex_core.jaxpr_as_fun(
+        jex_core.ClosedJaxpr(traced.jaxpr.replace(outvars=sources), traced.consts)
+    )
+    leaves, treedef = jax.tree.flatten(z)
+
+    def loss(index: int, leaves: list[jax.Array]) -> jax.Array:
+        return jnp.reshape(scalars(*leaves)[index], ())
+
+    rows = [jax.grad(functools.partial(loss, index))(leaves) for index in range(len(sources))]
+    return jax.tree.unflatten(treedef, [jnp.stack(column) for column in zip(*rows)])
 
 
 class RepresentationProducts(NamedTuple):
@@ -218,7 +246,8 @@ def representation_products(
     z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
     z = _checked_representation(z)
     heads = transformed_losses(losses_fn.heads_fn, num_losses, transform)
-    _require_dependence(losses_fn.heads_fn, model_params, z)
+    traced = jax.make_jaxpr(lambda z: losses_fn.heads_fn(model_params, z))(z)
+    _require_dependence(traced.jaxpr, _loss_sources(traced.jaxpr))
     _, z_jvp, losses = jax.linearize(lambda z: heads(model_params, z), z, has_aux=True)
     z_transposed = jax.linear_transpose(z_jvp, z)
     _, params_vjp, _ = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
@@ -256,28 +285,40 @@ def _checked_representation(z: Any) -> Any:
     return z
 
 
-def _require_dependence(heads_fn: HeadsFn, model_params: Params, z: Any) -> None:
-    """Raises unless every loss of ``heads_fn`` depends on z (read from its jaxpr: per loss
-    where the vector is a ``jnp.stack`` or concatenation of scalars, else as a whole)."""
-    jaxpr = jax.make_jaxpr(lambda z: heads_fn(model_params, z))(z).jaxpr
+def _loss_sources(jaxpr: jex_core.Jaxpr) -> list[Any] | None:
+    """The T atoms (variables or literals of size 1) the loss vector stacks, through nested
+    ``stack`` and ``concatenate`` along its axis; None when the vector is computed some
+    other way (then its losses can only be told apart by differentiating the whole)."""
+    if len(jaxpr.outvars) != 1:
+        return None  # not one vector: loss_vector reports the shape
+    producers = {out: eqn for eqn in jaxpr.eqns for out in eqn.outvars}
+
+    def sources(atom: Any) -> list[Any] | None:
+        eqn = producers.get(atom) if _is_var(atom) else None
+        joined = eqn is not None and atom.aval.ndim == 1
+        if joined and eqn.primitive.name == "concatenate" and eqn.params["dimension"] == 0:
+            parts = [sources(v) for v in eqn.invars]
+            return None if any(p is None for p in parts) else [a for p in parts for a in p]
+        if joined and eqn.primitive.name == "stack":
+            return list(eqn.invars)  # scalars: their stack is the 1-d vector
+        return [atom] if getattr(atom.aval, "size", 0) == 1 else None
+
+    return sources(jaxpr.outvars[0])
+
+
+def _require_dependence(jaxpr: jex_core.Jaxpr, sources: list[Any] | None) -> None:
+    """Raises unless every loss of the heads' ``jaxpr`` depends on z (its inputs): per
+    loss where the vector stacks scalars (``sources``), else as a whole."""
     if len(jaxpr.outvars) != 1:
         return  # not one vector: loss_vector reports the shape
     dependent: set = set(jaxpr.invars)
-    producers = {}
     for eqn in jaxpr.eqns:
         if any(_is_var(v) and v in dependent for v in eqn.invars):
             dependent.update(eqn.outvars)
-        for out in eqn.outvars:
-            producers[out] = eqn
-    out = jaxpr.outvars[0]
-    per_loss = [_is_var(out) and out in dependent]
-    eqn = producers.get(out) if _is_var(out) else None
-    stacked = eqn is not None and eqn.primitive.name in ("stack", "concatenate")
-    if stacked and all(getattr(v.aval, "size", 2) == 1 for v in eqn.invars):
-        per_loss = [_is_var(v) and v in dependent for v in eqn.invars]
-    missing = [i for i, flag in enumerate(per_loss) if not flag]
+    atoms = jaxpr.outvars if sources is None else sources
+    missing = [i for i, atom in enumerate(atoms) if not (_is_var(atom) and atom in dependent)]
     if missing:
-        which = "the losses" if len(per_loss) == 1 else f"losses {missing} (0 is the primary)"
+        which = "the losses" if sources is None else f"losses {missing} (0 is the primary)"
         raise ValueError(
             f"heads_fn's {which} do not depend on the representation z: their gradients "
             "with respect to z are zero, so representation mode cannot weigh them. Compute "

@@ -383,9 +383,10 @@ def _cagrad_forms(
     c: Any, rescale: bool, iterations: int, scale_to_sum: bool
 ) -> tuple[Combine, Coefficients]:
     r"""CAGrad's combination of G, and its α from the Gram matrix alone
-    (``gramian="products"``): :math:`d = G^\top α` with
-    :math:`α = \mathbf 1 / T + \sqrt{φ}\, w / \lVert g_w \rVert`,
-    :math:`\lVert g_w \rVert^2 = w^\top A w`, scaled alike."""
+    (``gramian="products"``): both give :math:`d = G^\top α` with
+    :math:`α = \mathbf 1 / T + \sqrt{φ}\, w / \lVert g_w \rVert`, scaled alike; the
+    combination takes :math:`\lVert g_w \rVert` from :math:`g_w = G^\top w`, the
+    products form from :math:`\lVert g_w \rVert^2 = w^\top A w`."""
 
     def weights(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
         radius = c * jnp.sqrt(jnp.mean(matrix) + 1e-8) + 1e-8
@@ -398,17 +399,18 @@ def _cagrad_forms(
             direction = direction * num_losses
         return direction
 
+    def alpha(w: jax.Array, radius: jax.Array, norm: jax.Array) -> jax.Array:
+        return scaled(1.0 / w.shape[0] + radius / (norm + 1e-8) * w, w.shape[0])
+
     def combine(grads: jax.Array, state: optax.EmptyState):
+        # d = αᵀG as one product: a mean over G's rows (axis 0) is an order of magnitude
+        # slower than a product on XLA:CPU for wide G (T = 10, n = 65 536: 3 ms against 0.1)
         radius, w = weights(gram(grads))
-        g_w = dot(w, grads)
-        direction = jnp.mean(grads, axis=0) + radius / (jnp.linalg.norm(g_w) + 1e-8) * g_w
-        return scaled(direction, grads.shape[0]), state
+        return dot(alpha(w, radius, jnp.linalg.norm(dot(w, grads))), grads), state
 
     def coefficients(matrix: jax.Array, state: optax.EmptyState):
         radius, w = weights(matrix)
-        norm = jnp.sqrt(jnp.maximum(dot(w, dot(matrix, w)), 0.0))
-        alpha = 1.0 / matrix.shape[0] + radius / (norm + 1e-8) * w
-        return scaled(alpha, matrix.shape[0]), state
+        return alpha(w, radius, jnp.sqrt(jnp.maximum(dot(w, dot(matrix, w)), 0.0))), state
 
     return combine, coefficients
 
