@@ -243,6 +243,39 @@ def test_each_stacked_loss_takes_its_own_backward_pass():
     assert np.isnan(np.asarray(rows["vector"])[:, 1]).all()
 
 
+def _inner_jit_loss(z):
+    return jax.jit(lambda z: jnp.sum(jnp.tanh(z) * z))(z)
+
+
+HEADS_WITH_TRANSFORMS = {
+    "custom_jvp": lambda z: jnp.stack([jnp.sum(jax.nn.relu(z)), jnp.sum(jax.nn.softplus(z))]),
+    "cond": lambda z: jnp.stack(
+        [jax.lax.cond(z[0, 0] > 0, jnp.sum, jnp.prod, z), jnp.sum(jax.nn.log_softmax(z))]
+    ),
+    "checkpoint": lambda z: jnp.stack(
+        [jax.checkpoint(lambda z: jnp.sum(jnp.sin(z) ** 2))(z), _inner_jit_loss(z)]
+    ),
+    "scan": lambda z: jnp.stack(
+        [jax.lax.scan(lambda c, row: (c + jnp.dot(row, row), None), 0.0, z)[0], jnp.max(z)]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADS_WITH_TRANSFORMS))
+def test_separate_passes_through_transformed_heads_equal_the_jacobian(name):
+    """Heads built with custom derivatives, control flow, rematerialisation and inner jits
+    still stack their losses; their per-loss gradients of z are ``jax.jacrev``'s rows."""
+    heads = HEADS_WITH_TRANSFORMS[name]
+    z = jnp.array([[0.7, -1.3, 0.2], [1.1, 0.4, -0.6]])
+    assert len(representation._loss_sources(jax.make_jaxpr(heads)(z).jaxpr)) == 2
+    found = representation_gradients(
+        yoto_jax.representation_losses(lambda p: p, lambda p, z: heads(z)), z, 2
+    ).per_loss
+    expected = jax.jacrev(heads)(z)
+    scale = float(jnp.max(jnp.abs(expected)))
+    np.testing.assert_allclose(found, expected, rtol=0, atol=8 * np.finfo(np.float32).eps * scale)
+
+
 def test_loss_sources_follow_stacks_and_concatenations():
     def nested(z):
         return jnp.concatenate([jnp.stack([z[0], z[1] ** 2]), z[2:3] * 2.0, jnp.stack([z[3]])])
