@@ -174,11 +174,19 @@ def test_aligned_mtl_ub_matches_numpy_reference(rng):
     _close(result.model_grads["heads"], head_sum, ulps=64)
 
 
-def test_vmap_over_a_traced_hyperparameter_in_the_trainer(rng, full_matmul_precision):
-    """CAGrad's radius c vmapped over three values equals three separate jitted runs."""
+@pytest.mark.parametrize("heads", ["vector", "stacked"])
+def test_vmap_over_a_traced_hyperparameter_in_the_trainer(rng, full_matmul_precision, heads):
+    """CAGrad's radius c vmapped over three values equals three separate jitted runs, with
+    the losses one vector (the T passes vmapped) and stacked (a pass per loss)."""
     x, y, params = _linear_problem(rng)
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
     losses_fn = _linear_losses(x, y)
+    if heads == "stacked":
+        x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.float32)
+        losses_fn = yoto_jax.representation_losses(
+            lambda p: x @ p["trunk"],
+            lambda p, z: _stacked_heads(p, z, y),
+        )
 
     def run(c):
         train = yoto_jax.trainer(bl.cagrad(SHARED, c=c), optax.sgd(0.05))
@@ -382,8 +390,9 @@ def test_nnx_train_step_matches_the_functional_trainer(rng, gramian):
 
 def _sharded_worker() -> dict:
     """In a process with 8 CPU devices: three MGDA-UB trainer steps on a batch split over
-    the devices, with the Gramian from the Jacobian and from products, and the Jacobian
-    path on one device; the final params of each."""
+    the devices, with the Gramian from the Jacobian and from products, and with stacked
+    losses (a backward pass per loss), and the Jacobian path on one device; the final
+    params of each."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, INPUTS)).astype(np.float32)
     y = rng.normal(size=(32, T)).astype(np.float32)
@@ -392,11 +401,16 @@ def _sharded_worker() -> dict:
         "heads": rng.normal(size=(FEATURES, T)).astype(np.float32),
     }
 
-    def run(params, x, y, gramian="jacobian"):
+    def vector(p, z, y):
+        return jnp.mean((z @ p["heads"] - y) ** 2, axis=0)
+
+    def stacked(p, z, y):
+        return jnp.stack([jnp.mean((z @ p["heads"][:, i] - y[:, i]) ** 2) for i in range(T)])
+
+    def run(params, x, y, gramian="jacobian", heads=vector):
         train = yoto_jax.trainer(bl.mgda(SHARED, gramian=gramian), optax.sgd(0.1))
         losses_fn = yoto_jax.representation_losses(
-            lambda p: jnp.tanh(x @ p["trunk"]),
-            lambda p, z: jnp.mean((z @ p["heads"] - y) ** 2, axis=0),
+            lambda p: jnp.tanh(x @ p["trunk"]), lambda p, z: heads(p, z, y)
         )
         state = train.init(params, T)
         for _ in range(3):
@@ -415,6 +429,13 @@ def _sharded_worker() -> dict:
         jax.device_put(y, batch),
         "products",
     )
+    separate = jax.jit(run, static_argnums=(3, 4))(
+        jax.device_put(params, replicated),
+        jax.device_put(x, batch),
+        jax.device_put(y, batch),
+        "jacobian",
+        stacked,
+    )
     one = jax.devices()[0]
     single = jax.jit(run)(*jax.device_put((params, x, y), one))
     return {
@@ -422,7 +443,12 @@ def _sharded_worker() -> dict:
         "x_shards": len(jax.device_put(x, batch).addressable_shards),
         **{
             name: jax.tree.map(lambda a: np.asarray(a).tolist(), trained)
-            for name, trained in (("sharded", sharded), ("products", products), ("single", single))
+            for name, trained in (
+                ("sharded", sharded),
+                ("products", products),
+                ("separate", separate),
+                ("single", single),
+            )
         },
     }
 
@@ -447,6 +473,7 @@ def test_eight_simulated_devices_match_one():
     for part in ("trunk", "heads"):
         _close(report["sharded"][part], report["single"][part], ulps=32)
         _close(report["products"][part], report["single"][part], ulps=32)
+        _close(report["separate"][part], report["single"][part], ulps=32)
 
 
 if __name__ == "__main__":
