@@ -558,13 +558,15 @@ def variants(scale: str, seeds: int, out: str | None) -> None:
     stored: dict[str, Any] = {"config": {**source, "scale": scale, "seeds": seeds}}
     cases = [(d, f, False) for d in VARIANT_DRIFTS for f in VARIANT_STARTS]
     cases += [(0.0, f, True) for f in VARIANT_STARTS[:2]]
+    drifts, starts, decays = (
+        jnp.asarray([v for v in values for _ in range(seeds)]) for values in zip(*cases)
+    )
+    keys = jnp.stack([seed_key(s) for _ in cases for s in range(seeds)])
     for name in task_suite.TASKS:
         task = task_suite.build(name, scale)
         weights = jnp.asarray(GRID_BEST_WEIGHTS[name], jnp.float32)
-        fields = [jnp.asarray([v for v in values for _ in range(seeds)]) for values in zip(*cases)]
-        rates = fields[1] * FULL_ORACLE[name]
-        keys = jnp.stack([seed_key(s) for _ in cases for s in range(seeds)])
-        test, alpha = variant_program(task, weights)(rates, fields[0], fields[2], keys, task.data)
+        rates = starts * FULL_ORACLE[name]
+        test, alpha = variant_program(task, weights)(rates, drifts, decays, keys, task.data)
         test = np.asarray(test).reshape(len(cases), seeds)
         alpha = np.asarray(alpha).reshape(len(cases), seeds)
         print(f"{name} ({task.training.steps} steps, test {task.metric}):")

@@ -184,9 +184,7 @@ def representation_gradients(
     z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
     z = _checked_representation(z)
     heads = transformed_losses(losses_fn.heads_fn, num_losses, transform)
-    traced = jax.make_jaxpr(lambda z: losses_fn.heads_fn(model_params, z))(z)
-    sources = _loss_sources(traced.jaxpr)
-    _require_dependence(traced.jaxpr, sources)
+    traced, sources = _traced_heads(losses_fn.heads_fn, model_params, z)
     _, params_vjp, losses = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
     if transform is None and sources is not None:
         per_loss = _separate_gradients(traced, sources, z)
@@ -246,8 +244,7 @@ def representation_products(
     z, trunk_vjp = jax.vjp(losses_fn.features_fn, model_params)
     z = _checked_representation(z)
     heads = transformed_losses(losses_fn.heads_fn, num_losses, transform)
-    traced = jax.make_jaxpr(lambda z: losses_fn.heads_fn(model_params, z))(z)
-    _require_dependence(traced.jaxpr, _loss_sources(traced.jaxpr))
+    _traced_heads(losses_fn.heads_fn, model_params, z)
     _, z_jvp, losses = jax.linearize(lambda z: heads(model_params, z), z, has_aux=True)
     z_transposed = jax.linear_transpose(z_jvp, z)
     _, params_vjp, _ = jax.vjp(lambda params: heads(params, z), model_params, has_aux=True)
@@ -283,6 +280,18 @@ def _checked_representation(z: Any) -> Any:
     for leaf in leaves:
         _checks.floating_array(leaf, "features_fn's representation z")
     return z
+
+
+def _traced_heads(
+    heads_fn: HeadsFn, model_params: Params, z: Any
+) -> tuple[jex_core.ClosedJaxpr, list[Any] | None]:
+    """``heads_fn`` traced in z, and the scalars its loss vector stacks
+    (:func:`_loss_sources`); raises unless every loss depends on z
+    (:func:`_require_dependence`)."""
+    traced = jax.make_jaxpr(lambda z: heads_fn(model_params, z))(z)
+    sources = _loss_sources(traced.jaxpr)
+    _require_dependence(traced.jaxpr, sources)
+    return traced, sources
 
 
 def _loss_sources(jaxpr: jex_core.Jaxpr) -> list[Any] | None:
