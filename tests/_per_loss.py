@@ -16,8 +16,12 @@ def apply_traced(tx, grads):
 
 
 def apply(tx, grads, dtype=jnp.float32):
-    """``apply_traced`` of ``grads`` cast to ``dtype``, as a NumPy array."""
-    return np.asarray(apply_traced(tx, jnp.asarray(grads, dtype)))
+    """``apply_traced`` of ``grads`` cast to ``dtype``, jitted (one program per shape
+    instead of dispatching the solvers op by op), as a NumPy array."""
+    return np.asarray(_jitted_apply(tx, jnp.asarray(grads, dtype)))
+
+
+_jitted_apply = jax.jit(apply_traced, static_argnums=0)
 
 
 DOT = re.compile(r"stablehlo\.dot_general .*?precision = \[(\w+), (\w+)\]")

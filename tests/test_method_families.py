@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from test_nnx_search import train_directly  # the hand-written NNX loop
+from test_nnx_search import assert_close, train_directly  # the hand-written NNX loop
 
 import yoto_jax
 from yoto_jax.method_families import (
@@ -41,14 +41,6 @@ def example():
 
 def member_keys_of(key, family, index, num_rungs):
     return yoto_jax.member_keys(family_key(key, family), index, num_rungs)
-
-
-def assert_close(actual, expected, ulps=8):
-    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-        a, e = np.asarray(a), np.asarray(e)
-        np.testing.assert_allclose(
-            a, e, rtol=0, atol=ulps * np.finfo(np.float32).eps * max(np.abs(e).max(), 1.0)
-        )
 
 
 def test_the_nnx_winner_is_its_member_trained_alone(example):
