@@ -117,10 +117,25 @@ def summed_per_loss(shared: Any) -> yoto_jax.Weighting:
     return _gradients.manipulation_weighting(transformation)
 
 
+def gram_per_loss(shared: Any) -> yoto_jax.Weighting:
+    """The floor of the Gram-matrix methods' cost: :func:`summed_per_loss` plus the Gram
+    matrix G Gᵀ of the per-loss gradients, which α = 1 + 0 · (G Gᵀ's column sums)
+    reads (XLA keeps a product by 0, which is nan for a nan input), and no solver.
+    A yardstick, not a method."""
+    ones = _gradients.stateless(
+        lambda gram: jnp.ones(gram.shape[:1], gram.dtype) + 0.0 * jnp.sum(gram, 0)
+    )
+    transformation = _gradients.gram_transformation("gram_per_loss", shared, ones)
+    return _gradients.manipulation_weighting(transformation)
+
+
 _SUMMED = on_the_trunk(summed_per_loss, "the per-loss gradients, summed (no Gram, no solver)")
-FLOOR_METHODS: dict[str, Method] = {m.name: m for m in (_SUMMED, in_representation(_SUMMED))}
-"""``summed_per_loss`` and ``summed_per_loss_rep``: the cost of forming the per-loss
-gradients alone, in both modes."""
+_GRAM = on_the_trunk(gram_per_loss, "the per-loss gradients and their Gram matrix, summed")
+FLOOR_METHODS: dict[str, Method] = {
+    m.name: m for m in (_SUMMED, in_representation(_SUMMED), _GRAM, in_representation(_GRAM))
+}
+"""``summed_per_loss`` and ``gram_per_loss``, each also ``_rep``: the cost of forming the
+per-loss gradients alone, and with their Gram matrix, in both modes."""
 
 
 def timing_task(task: Task, steps: int) -> Task:
@@ -135,7 +150,8 @@ def timing_task(task: Task, steps: int) -> Task:
 def methods_to_time() -> dict[str, Method]:
     """The registered baselines and YOTO, the gradient-manipulation methods, the
     gradient-combination methods in representation mode, the Gram-matrix methods
-    with ``gramian="products"`` in both modes, and the floor rows (``summed_per_loss``)."""
+    with ``gramian="products"`` in both modes, and the floor rows (``summed_per_loss``,
+    ``gram_per_loss``)."""
     return {
         **{name: METHODS[name] for name in BASELINES},
         **GRADIENT_METHODS,

@@ -3,6 +3,9 @@ and with YOTO (the library's default path and the paper's) on a real model; each
 compiles once while µ and ρ (an argument of the jitted step) change, and YOTO adds a
 few kernels and a few flops per auxiliary loss. Timings are not asserted."""
 
+import functools
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +13,7 @@ import optax
 from _load import load_script
 
 import yoto_jax
-from benchmarks.method_overhead import summed_per_loss
+from benchmarks.method_overhead import gram_per_loss, summed_per_loss
 
 CPU_EXTRA_KERNELS = {"yoto": 13, "paper": 10}
 """YOTO's extra kernels on XLA:CPU for k4 (jax 0.10.2; benchmarks/OVERHEAD.md), down
@@ -71,8 +74,9 @@ def test_steps_per_call_runs_that_many_training_steps_in_one_call():
     assert any(not np.allclose(leaf, first) for leaf, first in zip(want, start, strict=True))
 
 
-def test_summed_per_loss_steps_along_the_gradient_of_the_summed_losses():
-    """method_overhead's floor rows: the per-loss gradients, summed. One SGD step (rate 1)
+def test_the_floor_rows_step_along_the_gradient_of_the_summed_losses():
+    """method_overhead's floor rows: the per-loss gradients, summed (with their Gram
+    matrix formed, for ``gram_per_loss``). One SGD step (rate 1)
     moves the params by minus the gradient of Σᵢ lᵢ, in parameter mode (shared leaf
     ``w``, head ``h``) and in representation mode (z = x·w, the heads read z and ``h``)."""
     x = jnp.array([[1.0, 2.0], [-0.5, 1.5], [0.25, -1.0]])
@@ -85,9 +89,14 @@ def test_summed_per_loss_steps_along_the_gradient_of_the_summed_losses():
     losses = lambda p: heads(p, features(p))
     expected = jax.grad(lambda p: jnp.sum(losses(p)))(params)
     shared = {"w": True, "h": False}
-    for losses_fn in (losses, yoto_jax.representation_losses(features, heads)):
-        train = yoto_jax.trainer(summed_per_loss(shared), optax.sgd(1.0))
-        state, _ = train.step(train.init(params, 3), losses_fn)
-        moved = jax.tree.map(lambda new, old: old - new, state.params["model"], params)
-        for name in params:
-            np.testing.assert_allclose(moved[name], expected[name], rtol=1e-5, atol=1e-6)
+    for floor in (summed_per_loss, gram_per_loss):
+        for losses_fn in (losses, yoto_jax.representation_losses(features, heads)):
+            train = yoto_jax.trainer(floor(shared), optax.sgd(1.0))
+            state, _ = train.step(train.init(params, 3), losses_fn)
+            moved = jax.tree.map(lambda new, old: old - new, state.params["model"], params)
+            for name in params:
+                np.testing.assert_allclose(moved[name], expected[name], rtol=1e-5, atol=1e-6)
+            compiled = jax.jit(functools.partial(train.step, losses_fn=losses_fn))
+            text = compiled.lower(train.init(params, 3)).compile().as_text()
+            gram_kept = re.search(r"f32\[3,3\]\S* dot\(", text) is not None
+            assert gram_kept == (floor is gram_per_loss)  # the 3 x 3 Gram matrix, after XLA
