@@ -74,8 +74,9 @@ at rate 1, as its docstring asks)."""
 
 class Row(NamedTuple):
     """A member of the task's one program: ``optimizer`` indexes ``[Adam or learned,
-    *CONTRIB]``; ``rate`` is Adam's initial rate or the learned α₀; ``meta`` is β (0 for
-    a fixed rate); ``decay`` turns on the cosine decay to 0 (the harness's Adam)."""
+    learned with the ramp, *CONTRIB]``; ``rate`` is Adam's initial rate or the learned
+    α₀; ``meta`` is β (0 for a fixed rate); ``decay`` turns on the cosine decay to 0 (the
+    harness's Adam)."""
 
     optimizer: int
     rate: float
@@ -84,13 +85,15 @@ class Row(NamedTuple):
 
 
 def members() -> dict[str, Row]:
-    """Adam and the learned rate at every rate of ``ADAM_RATES``, and each contrib
-    optimizer: the runs of one seed."""
+    """Adam, the learned rate and the learned rate with the ramp (``ramp_from`` =
+    ``RAMP_FROM``) at every rate of ``ADAM_RATES``, and each contrib optimizer: the runs
+    of one seed."""
     beta = yoto_jax.DEFAULT_META_LEARNING_RATE
     adam = {f"Adam {r:g}": Row(0, r, 0.0, True) for r in ADAM_RATES}
     learned = {f"learned from {r:g}": Row(0, r, beta, False) for r in ADAM_RATES}
-    contrib = {name: Row(i + 1, 1.0, 0.0, False) for i, name in enumerate(CONTRIB)}
-    return adam | learned | contrib
+    ramped = {f"ramped from {r:g}": Row(1, r, beta, False) for r in ADAM_RATES}
+    contrib = {name: Row(i + 2, 1.0, 0.0, False) for i, name in enumerate(CONTRIB)}
+    return adam | learned | ramped | contrib
 
 
 def one_of(txs: list[optax.GradientTransformation], index: jax.Array):
@@ -125,7 +128,11 @@ def optimizer(row: dict[str, jax.Array], steps: int) -> optax.GradientTransforma
         ),
         optax.scale_by_schedule(lambda count: jnp.where(row["decay"], shape(count), 1.0)),
     )
-    return one_of([adam_or_learned, *(make() for make in CONTRIB.values())], row["optimizer"])
+    ramped = yoto_jax.learned_learning_rate(
+        optax.scale_by_adam(), row["rate"], ramp_from=learning_rate.RAMP_FROM
+    )
+    contrib = [make() for make in CONTRIB.values()]
+    return one_of([adam_or_learned, ramped, *contrib], row["optimizer"])
 
 
 def weightings(task: Task) -> dict[str, Callable[[], yoto_jax.Weighting]]:
@@ -143,7 +150,7 @@ def evaluated_model(state: yoto_jax.TrainerState, row: dict[str, jax.Array]) -> 
     """The model's params, or for schedule-free Adam its averaged iterate x, where it is
     evaluated (not the gradient point y)."""
     (free,) = states_of(state.opt_state, optax.contrib.ScheduleFreeState)
-    is_free = row["optimizer"] == 1 + list(CONTRIB).index("schedule_free_adamw")
+    is_free = row["optimizer"] == 2 + list(CONTRIB).index("schedule_free_adamw")
     y, z = state.params["model"], free.z["model"]
     return jax.tree.map(
         lambda y, z: jnp.where(is_free, (y - (1.0 - free.b1) * z) / free.b1, y), y, z
@@ -152,9 +159,14 @@ def evaluated_model(state: yoto_jax.TrainerState, row: dict[str, jax.Array]) -> 
 
 def step_size(opt_state: optax.OptState, row: dict[str, jax.Array], count, steps: int):
     """Adam's or the learned α the next step applies (nan for the contrib optimizers)."""
-    (state,) = states_of(opt_state, yoto_jax.LearnedLearningRateState)
+    plain, ramped = states_of(opt_state, yoto_jax.LearnedLearningRateState)
     shape = jnp.where(row["decay"], optax.cosine_decay_schedule(1.0, steps)(count), 1.0)
-    return jnp.where(row["optimizer"] == 0, yoto_jax.learning_rate_of(state) * shape, jnp.nan)
+    alpha = jnp.where(
+        row["optimizer"] == 0,
+        yoto_jax.learning_rate_of(plain) * shape,
+        yoto_jax.learning_rate_of(ramped),
+    )
+    return jnp.where(row["optimizer"] <= 1, alpha, jnp.nan)
 
 
 def training_step(task: Task, train: yoto_jax.Trainer, key: jax.Array, data):
@@ -250,15 +262,22 @@ def task_rows(task: Task, weighting, seeds: list[int]) -> dict[str, dict[str, An
         **{name: row(name) for name in CONTRIB},
         LEARNED[0]: row(f"learned from {ADAM_RATES[oracle - 2]:g}", rate=ADAM_RATES[oracle - 2]),
         LEARNED[1]: row(f"learned from {ADAM_RATES[oracle + 2]:g}", rate=ADAM_RATES[oracle + 2]),
+        LEARNED[2]: row(f"ramped from {ADAM_RATES[oracle - 2]:g}", rate=ADAM_RATES[oracle - 2]),
+        LEARNED[3]: row(f"ramped from {ADAM_RATES[oracle + 2]:g}", rate=ADAM_RATES[oracle + 2]),
     }
     sweep = {
         kind: [runs[f"{kind} {r:g}"]["test"] for r in ADAM_RATES]
-        for kind in ("Adam", "learned from")
+        for kind in ("Adam", "learned from", "ramped from")
     }
     return {"rows": rows, "sweep": sweep, "seconds": runs["seconds"]}
 
 
-LEARNED = ("learned, 10× too small", "learned, 10× too large")
+LEARNED = (
+    "learned, 10× too small",
+    "learned, 10× too large",
+    "learned + ramp, 10× too small",
+    "learned + ramp, 10× too large",
+)
 GRID_ROW = "Adam, 5-point grid by validation"
 
 

@@ -284,6 +284,9 @@ def test_trains_with_yoto_in_the_trainer():
         ),
         ({"meta_learning_rate": float("nan")}, ValueError, "meta_learning_rate must be a finite"),
         ({"direction": optax.adam}, TypeError, "direction must be an optax.GradientTransformation"),
+        ({"ramp_from": 0.0}, ValueError, "or a finite number in (0, 1], the fraction"),
+        ({"ramp_from": 1.5}, ValueError, "in (0, 1], the fraction of learning_rate"),
+        ({"ramp_from": float("nan")}, ValueError, "ramp_from must be None"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, error, message):
@@ -385,3 +388,46 @@ def test_learning_rate_of_a_partition_needs_the_group():
         yoto_jax.learning_rate_of(state)
     with pytest.raises(ValueError, match="expected one under the label 'bias'"):
         yoto_jax.learning_rate_of(state, "bias")
+
+
+def test_the_ramp_doubles_alpha_until_the_step_overshoots_then_hands_over_to_the_rule():
+    """SGD on f = ½x² from x = 1, learning_rate 1, ramp_from 0.1: the steps take α = 0.1,
+    0.2, 0.4, 0.8 (x keeps its sign: c = +1, α doubles) and 1.6 (x changes sign); the
+    next cosine is −1, so α halves back to 0.8 and the rule starts there with fresh
+    moments: its first step, c = +1, moves ν by β (the bias-corrected ratio of one
+    cosine is its sign)."""
+    beta = 0.05
+    tx = yoto_jax.learned_learning_rate(
+        optax.identity(), 1.0, meta_learning_rate=beta, ramp_from=0.1
+    )
+    x, state = jnp.ones(()), tx.init(jnp.ones(()))
+    alphas, xs = [], []
+    for _ in range(7):
+        updates, state = tx.update(x, state, x)  # the gradient of ½x² is x
+        alphas.append(float(yoto_jax.learning_rate_of(state)))
+        xs.append(float(x))
+        x = optax.apply_updates(x, updates)
+    np.testing.assert_allclose(alphas[:6], [0.1, 0.2, 0.4, 0.8, 1.6, 0.8], rtol=1e-6)
+    np.testing.assert_allclose(alphas[6], 0.8 * np.exp(beta), rtol=1e-6)
+    assert np.all(np.array(xs[:5]) > 0) and xs[5] < 0 and xs[6] < 0
+    assert int(state.rule_start) == 5
+    np.testing.assert_allclose(state.cosine_mean, 1 - L.COSINE_DECAY, rtol=1e-6)
+
+
+def test_the_ramp_is_off_at_zero_meta_rate_and_reaches_the_tuned_loss_from_past_the_edge():
+    """With β = 0 the ramp is off (the fixed rate); with the default β, SGD on the
+    quadratic from 100× too small and from 10× and 100× past the divergence edge 2/L
+    ends with at least the tuned fixed run's loss decrease (in nats)."""
+    fixed = run(optax.chain(optax.identity(), optax.scale_by_learning_rate(0.05)), 20)[0]
+    off = yoto_jax.learned_learning_rate(
+        optax.identity(), 0.05, meta_learning_rate=0.0, ramp_from=0.01
+    )
+    np.testing.assert_allclose(run(off, 20)[0], fixed, rtol=1e-6)
+    tuned = float(np.nanmin(fixed_losses(optax.identity())))
+    starts = jnp.array([GRID[np.nanargmin(fixed_losses(optax.identity()))] / 100, 2.0, 20.0])
+    ramped = lambda a: quadratic(
+        run(yoto_jax.learned_learning_rate(optax.identity(), a, ramp_from=0.01))[0]
+    )
+    losses = np.asarray(jax.jit(jax.vmap(ramped))(starts))
+    initial = float(quadratic(X0))
+    np.testing.assert_array_less(np.log(initial / tuned), np.log(initial / losses))

@@ -35,6 +35,9 @@ def test_each_member_trains_as_its_optimizer_alone():
     expected = {
         "Adam 0.03": optax.adam(optax.cosine_decay_schedule(0.03, STEPS)),
         "learned from 0.03": yoto_jax.learned_learning_rate(optax.scale_by_adam(), 0.03),
+        "ramped from 0.03": yoto_jax.learned_learning_rate(
+            optax.scale_by_adam(), 0.03, ramp_from=0.01
+        ),
         **{name: make() for name, make in CONTRIB.items()},
     }
     chosen = [rows[name] for name in expected]

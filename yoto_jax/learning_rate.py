@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -25,6 +26,13 @@ SHRINK_THRESHOLD = 0.5
 SHRINK_RATIO = 20.0
 """The fast shrink at a cosine of −1, in units of β: ν falls by up to (1 + 20)β a step."""
 
+RAMP_FROM = 0.01
+"""The ``ramp_from`` the benchmark measures (docs/learning_rate.md): safe from about
+100× too large a rate."""
+
+RAMP_LIMIT = 20
+"""The most steps the ramp (``ramp_from``) doubles α for before the rule takes over."""
+
 EPSILON = 1e-8
 
 
@@ -37,6 +45,7 @@ class LearnedLearningRateState(NamedTuple):
     count: jax.Array  # shape=(), int32
     cosine_mean: jax.Array  # m_t, the cosine's running mean (not bias-corrected), float32
     cosine_square: jax.Array  # v_t, its running second moment (not bias-corrected), float32
+    rule_start: jax.Array  # shape=(), int32: the step the rule began at; -1 while ramping
 
 
 def learning_rate_of(state: optax.OptState, group: str | None = None) -> jax.Array:
@@ -103,6 +112,7 @@ def learned_learning_rate(
     learning_rate: float | jax.Array,
     *,
     meta_learning_rate: float | jax.Array = DEFAULT_META_LEARNING_RATE,
+    ramp_from: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""``direction`` scaled by a learnt −α, with ν = log α updated every step.
 
@@ -136,6 +146,17 @@ def learned_learning_rate(
     ``meta_learning_rate=0`` this is
     ``optax.chain(direction, optax.scale_by_learning_rate(learning_rate))``.
 
+    With ``ramp_from=r`` (0 < r <= 1) the run starts with a ramp, a bracketing search
+    for the step size: the first step takes α = r · ``learning_rate``, then α doubles
+    every step while :math:`c_t > 0` (the last step was too short for the current
+    loss); the first :math:`c_t \le 0` halves it back to the last α that was still too
+    short, and the rule above takes over from there, its moments started afresh (or
+    after ``RAMP_LIMIT`` = 20 doublings). The first step is the one the rule cannot
+    correct (nothing has been seen yet), and with Adam it moves every parameter by
+    about α: one step at 10× a tuned rate can leave a network in a state no later
+    step size repairs (docs/learning_rate.md). From a low start, the doublings reach
+    the greedy step size in a few steps where the rule's β nats a step take dozens.
+
     One α per parameter group: put one ``learned_learning_rate`` in each group of an
     ``optax.partition`` (its labels tree or function names the groups); each group's
     cosine is then taken over its own parameters, and ``learning_rate_of(state, label)``
@@ -147,6 +168,9 @@ def learned_learning_rate(
       learning_rate: the initial α > 0; may be traced (e.g. ``jax.vmap`` over initial
         rates: it is read only by ``init``).
       meta_learning_rate: β >= 0, ν's step in nats per step.
+      ramp_from: None (no ramp: the first step takes ``learning_rate``), or r in
+        (0, 1], the fraction of ``learning_rate`` the ramp starts from (e.g. 0.01:
+        safe from up to about 100× too large a rate). No ramp where β = 0.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -174,31 +198,46 @@ def learned_learning_rate(
         )
     _checks.positive(learning_rate, "learning_rate")
     _checks.non_negative(meta_learning_rate, "meta_learning_rate")
+    ramp_value = None if ramp_from is None else _checks.concrete_float(ramp_from)
+    if ramp_value is not None and not (math.isfinite(ramp_value) and 0.0 < ramp_value <= 1.0):
+        raise ValueError(
+            "ramp_from must be None (no ramp) or a finite number in (0, 1], the fraction of "
+            f"learning_rate the first step takes; got {ramp_value}."
+        )
     direction = optax.with_extra_args_support(direction)
 
     def init_fn(params: optax.Params) -> LearnedLearningRateState:
+        ramping = jnp.asarray(ramp_from is not None) & (jnp.asarray(meta_learning_rate) > 0)
+        start = jnp.where(ramping, 1.0 if ramp_from is None else ramp_from, 1.0)
         return LearnedLearningRateState(
-            log_learning_rate=jnp.log(jnp.asarray(learning_rate, jnp.float32)),
+            log_learning_rate=jnp.log(jnp.asarray(learning_rate, jnp.float32) * start),
             previous_direction=optax.tree.zeros_like(params),
             inner_state=direction.init(params),
             count=jnp.zeros([], jnp.int32),
             cosine_mean=jnp.zeros([], jnp.float32),
             cosine_square=jnp.zeros([], jnp.float32),
+            rule_start=jnp.where(ramping, -1, 0).astype(jnp.int32),
         )
 
     def update_fn(updates, state, params=None, **extra_args: Any):
         cosine = _cosine(updates, state.previous_direction)
-        seen = state.count > 0  # the first step has no previous direction
+        ramping = state.rule_start < 0
+        ramp_ends = ramping & (state.count > 0) & ((cosine <= 0) | (state.count > RAMP_LIMIT))
+        doubling = ramping & (state.count > 0) & ~ramp_ends
+        # the rule's steps: from its first step with a previous direction of its own
+        seen = ~ramping & (state.count > state.rule_start)
         b1, b2 = COSINE_DECAY, SQUARE_DECAY
         mean = jnp.where(seen, b1 * state.cosine_mean + (1 - b1) * cosine, 0.0)
         square = jnp.where(seen, b2 * state.cosine_square + (1 - b2) * cosine**2, 0.0)
-        k = jnp.maximum(state.count, 1).astype(jnp.float32)
+        k = jnp.maximum(state.count - state.rule_start, 1).astype(jnp.float32)
         ratio = (mean / (1 - b1**k)) / (jnp.sqrt(square / (1 - b2**k)) + EPSILON)
-        ratio = jnp.where(seen, ratio, 0.0)
         tau = SHRINK_THRESHOLD
         overshoot = jnp.minimum(cosine + tau, 0.0) / (1 - tau)  # in [-1, 0]
-        agreement = ratio + SHRINK_RATIO * overshoot
-        log_learning_rate = state.log_learning_rate + meta_learning_rate * agreement
+        agreement = jnp.where(seen, ratio + SHRINK_RATIO * overshoot, 0.0)
+        doublings = jnp.where(doubling, 1.0, jnp.where(ramp_ends & (cosine <= 0), -1.0, 0.0))
+        log_learning_rate = (
+            state.log_learning_rate + meta_learning_rate * agreement + jnp.log(2.0) * doublings
+        )
         new_direction, inner_state = direction.update(
             updates, state.inner_state, params, **extra_args
         )
@@ -211,6 +250,7 @@ def learned_learning_rate(
             count=optax.safe_increment(state.count),
             cosine_mean=mean.astype(jnp.float32),
             cosine_square=square.astype(jnp.float32),
+            rule_start=jnp.where(ramp_ends, state.count, state.rule_start).astype(jnp.int32),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
