@@ -34,6 +34,16 @@ where the cosine's sign stays consistent near the optimum (measured 0.40 from 10
 too small, 0.41 from 10×), far ahead of the fixed run at its start."""
 
 
+def assert_close_at_scale(actual, expected, ulps: int = 16) -> None:
+    """Within ``ulps`` float32 ulps of the largest magnitude in ``expected``: rounding
+    accumulates with the steps' scale, so a small entry of a trajectory may differ from
+    another program's by many of its own ulps (14 at XLA's optimisation level 0, of a
+    parameter 50× below its vector's largest). Compare α through ν = log α."""
+    expected = np.asarray(expected, np.float64)
+    atol = ulps * np.finfo(np.float32).eps * np.abs(expected).max()
+    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=atol)
+
+
 def quadratic(x: jax.Array) -> jax.Array:
     return 0.5 * jnp.sum(CURVATURES * x * x)
 
@@ -374,8 +384,8 @@ def test_partition_groups_equal_separate_single_group_runs():
     for i, g in enumerate(GROUP_CURVATURES):
         single = yoto_jax.learned_learning_rate(optax.identity(), 1e-2)
         (alone, _), alone_rates = group_run(single, (g,), steps=60)
-        np.testing.assert_allclose(x[g], alone[g], rtol=1e-6)
-        np.testing.assert_allclose(rates[:, i], alone_rates[:, 0], rtol=1e-6)
+        assert_close_at_scale(x[g], alone[g])
+        assert_close_at_scale(np.log(rates[:, i]), np.log(alone_rates[:, 0]))
         np.testing.assert_allclose(yoto_jax.learning_rate_of(state, g), rates[-1, i], rtol=0)
     assert float(rates[-1, 0]) > 2 * float(rates[-1, 1])  # the groups' α differ
 
@@ -407,8 +417,8 @@ def test_the_ramp_doubles_alpha_until_the_step_overshoots_then_hands_over_to_the
         alphas.append(float(yoto_jax.learning_rate_of(state)))
         xs.append(float(x))
         x = optax.apply_updates(x, updates)
-    np.testing.assert_allclose(alphas[:6], [0.1, 0.2, 0.4, 0.8, 1.6, 0.8], rtol=1e-6)
-    np.testing.assert_allclose(alphas[6], 0.8 * np.exp(beta), rtol=1e-6)
+    expected = [0.1, 0.2, 0.4, 0.8, 1.6, 0.8, 0.8 * np.exp(beta)]
+    assert_close_at_scale(np.log(alphas), np.log(expected))
     assert np.all(np.array(xs[:5]) > 0) and xs[5] < 0 and xs[6] < 0
     assert int(state.rule_start) == 5
     np.testing.assert_allclose(state.cosine_mean, 1 - L.COSINE_DECAY, rtol=1e-6)
@@ -422,7 +432,7 @@ def test_the_ramp_is_off_at_zero_meta_rate_and_reaches_the_tuned_loss_from_past_
     off = yoto_jax.learned_learning_rate(
         optax.identity(), 0.05, meta_learning_rate=0.0, ramp_from=0.01
     )
-    np.testing.assert_allclose(run(off, 20)[0], fixed, rtol=1e-6)
+    assert_close_at_scale(run(off, 20)[0], fixed)
     tuned = float(np.nanmin(fixed_losses(optax.identity())))
     starts = jnp.array([GRID[np.nanargmin(fixed_losses(optax.identity()))] / 100, 2.0, 20.0])
     ramped = lambda a: quadratic(
