@@ -400,27 +400,32 @@ def test_learning_rate_of_a_partition_needs_the_group():
         yoto_jax.learning_rate_of(state, "bias")
 
 
-def test_the_ramp_doubles_alpha_until_the_step_overshoots_then_hands_over_to_the_rule():
-    """SGD on f = ½x² from x = 1, learning_rate 1, ramp_from 0.1: the steps take α = 0.1,
-    0.2, 0.4, 0.8 (x keeps its sign: c = +1, α doubles) and 1.6 (x changes sign); the
-    next cosine is −1, so α halves back to 0.8 and the rule starts there with fresh
-    moments: its first step, c = +1, moves ν by β (the bias-corrected ratio of one
-    cosine is its sign)."""
+@pytest.mark.parametrize(
+    "rate, alphas, rule_start",
+    [
+        # x keeps its sign through α = 0.15, 0.3, 0.6 and flips at 1.2; the next cosine
+        # is −1, so α halves back to 0.6 and the rule starts there: its first cosine is
+        # +1 and moves ν by β (the bias-corrected ratio of one cosine is its sign)
+        (1.5, [0.15, 0.3, 0.6, 1.2, 0.6, 0.6 * np.exp(0.05)], 4),
+        # the doublings reach learning_rate = 0.3 (the last one shorter, 0.24 → 0.3) with
+        # every cosine +1: the ramp ends there and the rule starts from 0.3
+        (0.3, [0.03, 0.06, 0.12, 0.24, 0.3, 0.3, 0.3 * np.exp(0.05)], 5),
+    ],
+)
+def test_the_ramp_doubles_alpha_up_to_the_rate_until_a_step_overshoots(rate, alphas, rule_start):
+    """SGD on f = ½x² from x = 1 with ramp_from 0.1 and β = 0.05: the α each step takes."""
     beta = 0.05
     tx = yoto_jax.learned_learning_rate(
-        optax.identity(), 1.0, meta_learning_rate=beta, ramp_from=0.1
+        optax.identity(), rate, meta_learning_rate=beta, ramp_from=0.1
     )
     x, state = jnp.ones(()), tx.init(jnp.ones(()))
-    alphas, xs = [], []
-    for _ in range(7):
+    taken = []
+    for _ in alphas:
         updates, state = tx.update(x, state, x)  # the gradient of ½x² is x
-        alphas.append(float(yoto_jax.learning_rate_of(state)))
-        xs.append(float(x))
+        taken.append(float(yoto_jax.learning_rate_of(state)))
         x = optax.apply_updates(x, updates)
-    expected = [0.1, 0.2, 0.4, 0.8, 1.6, 0.8, 0.8 * np.exp(beta)]
-    assert_close_at_scale(np.log(alphas), np.log(expected))
-    assert np.all(np.array(xs[:5]) > 0) and xs[5] < 0 and xs[6] < 0
-    assert int(state.rule_start) == 5
+    assert_close_at_scale(np.log(taken), np.log(alphas))
+    assert int(state.rule_start) == rule_start
     np.testing.assert_allclose(state.cosine_mean, 1 - L.COSINE_DECAY, rtol=1e-6)
 
 

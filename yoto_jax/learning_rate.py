@@ -30,9 +30,6 @@ RAMP_FROM = 0.01
 """The ``ramp_from`` the benchmark measures (docs/learning_rate.md): safe from about
 100× too large a rate."""
 
-RAMP_LIMIT = 20
-"""The most steps the ramp (``ramp_from``) doubles α for before the rule takes over."""
-
 EPSILON = 1e-8
 
 
@@ -147,15 +144,17 @@ def learned_learning_rate(
     ``optax.chain(direction, optax.scale_by_learning_rate(learning_rate))``.
 
     With ``ramp_from=r`` (0 < r <= 1) the run starts with a ramp, a bracketing search
-    for the step size: the first step takes α = r · ``learning_rate``, then α doubles
-    every step while :math:`c_t > 0` (the last step was too short for the current
-    loss); the first :math:`c_t \le 0` halves it back to the last α that was still too
-    short, and the rule above takes over from there, its moments started afresh (or
-    after ``RAMP_LIMIT`` = 20 doublings). The first step is the one the rule cannot
-    correct (nothing has been seen yet), and with Adam it moves every parameter by
-    about α: one step at 10× a tuned rate can leave a network in a state no later
-    step size repairs (docs/learning_rate.md). From a low start, the doublings reach
-    the greedy step size in a few steps where the rule's β nats a step take dozens.
+    for the step size below ``learning_rate``: the first step takes α = r ·
+    ``learning_rate``, then α doubles every step while :math:`c_t > 0` (the last step
+    was too short for the current loss), up to ``learning_rate``. The first
+    :math:`c_t \le 0` halves α back to the last rate that was still too short, and
+    reaching ``learning_rate`` ends the ramp there; the rule above then takes over,
+    its moments started afresh. The first step is the one the rule cannot correct
+    (nothing has been seen yet), and with Adam it moves every parameter by about α:
+    one step at 10× a tuned rate can leave a network in a state no later step size
+    repairs (docs/learning_rate.md). The ramp never steps beyond ``learning_rate``, so
+    it only guards against that rate being too large; it costs about
+    :math:`\log_2(1/r)` shorter steps where the rate is fine.
 
     One α per parameter group: put one ``learned_learning_rate`` in each group of an
     ``optax.partition`` (its labels tree or function names the groups); each group's
@@ -206,9 +205,11 @@ def learned_learning_rate(
         )
     direction = optax.with_extra_args_support(direction)
 
+    ramp_start = 1.0 if ramp_from is None else ramp_from
+
     def init_fn(params: optax.Params) -> LearnedLearningRateState:
         ramping = jnp.asarray(ramp_from is not None) & (jnp.asarray(meta_learning_rate) > 0)
-        start = jnp.where(ramping, 1.0 if ramp_from is None else ramp_from, 1.0)
+        start = jnp.where(ramping, ramp_start, 1.0)
         return LearnedLearningRateState(
             log_learning_rate=jnp.log(jnp.asarray(learning_rate, jnp.float32) * start),
             previous_direction=optax.tree.zeros_like(params),
@@ -222,7 +223,9 @@ def learned_learning_rate(
     def update_fn(updates, state, params=None, **extra_args: Any):
         cosine = _cosine(updates, state.previous_direction)
         ramping = state.rule_start < 0
-        ramp_ends = ramping & (state.count > 0) & ((cosine <= 0) | (state.count > RAMP_LIMIT))
+        # nats from the current α up to learning_rate: each earlier ramp step doubled it
+        headroom = -jnp.log(jnp.asarray(ramp_start)) - jnp.log(2.0) * (state.count - 1)
+        ramp_ends = ramping & (state.count > 0) & ((cosine <= 0) | (headroom <= 0))
         doubling = ramping & (state.count > 0) & ~ramp_ends
         # the rule's steps: from its first step with a previous direction of its own
         seen = ~ramping & (state.count > state.rule_start)
@@ -234,10 +237,9 @@ def learned_learning_rate(
         tau = SHRINK_THRESHOLD
         overshoot = jnp.minimum(cosine + tau, 0.0) / (1 - tau)  # in [-1, 0]
         agreement = jnp.where(seen, ratio + SHRINK_RATIO * overshoot, 0.0)
-        doublings = jnp.where(doubling, 1.0, jnp.where(ramp_ends & (cosine <= 0), -1.0, 0.0))
-        log_learning_rate = (
-            state.log_learning_rate + meta_learning_rate * agreement + jnp.log(2.0) * doublings
-        )
+        ramp = jnp.where(ramp_ends & (cosine <= 0), -jnp.log(2.0), 0.0)
+        ramp = jnp.where(doubling, jnp.minimum(jnp.log(2.0), headroom), ramp)
+        log_learning_rate = state.log_learning_rate + meta_learning_rate * agreement + ramp
         new_direction, inner_state = direction.update(
             updates, state.inner_state, params, **extra_args
         )
