@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from _toy import assert_trees_equal
+from _ulps import assert_close_at_scale
 from test_checkpoint import save_and_restore
 
 import yoto_jax
@@ -32,16 +33,6 @@ small, 1.48× from 10×, 1.58× from 2.0). Adam: the learned α peaks near 0.08,
 above the grid's best 0.032, and then falls to 3e-4–7e-3 on this noiseless problem,
 where the cosine's sign stays consistent near the optimum (measured 0.40 from 100×
 too small, 0.41 from 10×), far ahead of the fixed run at its start."""
-
-
-def assert_close_at_scale(actual, expected, ulps: int = 16) -> None:
-    """Within ``ulps`` float32 ulps of the largest magnitude in ``expected``: rounding
-    accumulates with the steps' scale, so a small entry of a trajectory may differ from
-    another program's by many of its own ulps (14 at XLA's optimisation level 0, of a
-    parameter 50× below its vector's largest). Compare α through ν = log α."""
-    expected = np.asarray(expected, np.float64)
-    atol = ulps * np.finfo(np.float32).eps * np.abs(expected).max()
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=0, atol=atol)
 
 
 def quadratic(x: jax.Array) -> jax.Array:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _ulps import assert_close_at_scale
 from test_manipulation import min_norm_reference_weights
 
 import yoto_jax
@@ -33,13 +34,6 @@ from yoto_jax.representation import representation_gradients
 
 SHARED = {"trunk": True, "heads": False}
 BATCH, FEATURES, INPUTS, T = 6, 3, 4, 3
-
-
-def _close(actual, expected, ulps=16):
-    """Equal to ``ulps`` float32 ulps of the largest magnitude (a few roundings)."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    scale = max(np.max(np.abs(expected)), 1e-30)
-    np.testing.assert_allclose(actual, expected, rtol=0, atol=ulps * 2.0**-23 * scale)
 
 
 def _heads(params, z, y):
@@ -106,11 +100,11 @@ def test_identity_trunk_equals_parameter_mode(rng, name, heads):
         ]
 
     expected, actual = both(params)
-    _close(actual.losses, expected.losses)
+    assert_close_at_scale(actual.losses, expected.losses)
     for part in ("trunk", "heads"):
-        _close(actual.model_grads[part], expected.model_grads[part])
+        assert_close_at_scale(actual.model_grads[part], expected.model_grads[part])
     for param in expected.grads:  # IMTL's log-scales, GradNorm's logits
-        _close(actual.grads[param], expected.grads[param])
+        assert_close_at_scale(actual.grads[param], expected.grads[param])
     assert np.max(np.abs(np.asarray(expected.model_grads["trunk"]))) > 1e-3
 
 
@@ -153,8 +147,8 @@ def test_mgda_ub_matches_numpy_reference(rng):
     result = jax.jit(lambda p: weighting.step(_linear_losses(x, y), p, {}, state))(
         jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
     )
-    _close(result.model_grads["trunk"], expected_trunk, ulps=64)
-    _close(result.model_grads["heads"], head_sum, ulps=64)
+    assert_close_at_scale(result.model_grads["trunk"], expected_trunk, ulps=64)
+    assert_close_at_scale(result.model_grads["heads"], head_sum, ulps=64)
 
 
 def test_aligned_mtl_ub_matches_numpy_reference(rng):
@@ -170,8 +164,10 @@ def test_aligned_mtl_ub_matches_numpy_reference(rng):
     result = jax.jit(lambda p: weighting.step(_linear_losses(x, y), p, {}, state))(
         jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
     )
-    _close(result.model_grads["trunk"], expected_trunk, ulps=256)  # eigh of a T x T Gram
-    _close(result.model_grads["heads"], head_sum, ulps=64)
+    assert_close_at_scale(
+        result.model_grads["trunk"], expected_trunk, ulps=256
+    )  # eigh of a T x T Gram
+    assert_close_at_scale(result.model_grads["heads"], head_sum, ulps=64)
 
 
 @pytest.mark.parametrize("heads", ["vector", "stacked"])
@@ -201,7 +197,7 @@ def test_vmap_over_a_traced_hyperparameter_in_the_trainer(rng, full_matmul_preci
     for i, c in enumerate(radii):
         single = one_run(c)
         for a, b in zip(jax.tree.leaves(vmapped), jax.tree.leaves(single)):
-            _close(a[i], b)
+            assert_close_at_scale(a[i], b)
     assert not np.allclose(vmapped[0]["trunk"][0], vmapped[0]["trunk"][2])  # c matters
 
 
@@ -279,7 +275,7 @@ def test_separate_passes_through_transformed_heads_equal_the_jacobian(name):
     found = representation_gradients(
         yoto_jax.representation_losses(lambda p: p, lambda p, z: heads(z)), z, 2
     ).per_loss
-    _close(found, jax.jacrev(heads)(z))
+    assert_close_at_scale(found, jax.jacrev(heads)(z))
 
 
 def test_loss_sources_follow_stacks_and_concatenations():
@@ -330,7 +326,7 @@ def test_loss_weighting_methods_use_it_unchanged(rng):
         lambda p: [weighting.step(fn, p, weighting_params, state, key=key) for fn in (split, plain)]
     )(params)
     for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        _close(u, v, ulps=4)
+        assert_close_at_scale(u, v, ulps=4)
 
 
 @pytest.mark.parametrize("gramian", ["jacobian", "products"])
@@ -382,7 +378,7 @@ def test_nnx_train_step_matches_the_functional_trainer(rng, gramian):
     trained = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     for part in ("trunk", "heads"):
         for leaf in ("kernel", "bias"):
-            _close(trained[part][leaf], state.params["model"][part][leaf])
+            assert_close_at_scale(trained[part][leaf], state.params["model"][part][leaf])
     assert not np.allclose(trained["trunk"]["kernel"], params["trunk"]["kernel"])
 
 
@@ -469,9 +465,9 @@ def test_eight_simulated_devices_match_one():
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["devices"] == 8 and report["x_shards"] == 8
     for part in ("trunk", "heads"):
-        _close(report["sharded"][part], report["single"][part], ulps=32)
-        _close(report["products"][part], report["single"][part], ulps=32)
-        _close(report["separate"][part], report["single"][part], ulps=32)
+        assert_close_at_scale(report["sharded"][part], report["single"][part], ulps=32)
+        assert_close_at_scale(report["products"][part], report["single"][part], ulps=32)
+        assert_close_at_scale(report["separate"][part], report["single"][part], ulps=32)
 
 
 if __name__ == "__main__":
