@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -107,26 +108,32 @@ PRODUCTS_METHODS: dict[str, Method] = {
 """The ``_products`` and ``_products_rep`` rows."""
 
 
+def _yardstick(
+    name: str, shared: Any, weights_fn: Callable[[jax.Array], jax.Array]
+) -> yoto_jax.Weighting:
+    """The per-loss gradients combined with α = ``weights_fn(G Gᵀ)`` by the library's
+    private blocks (no solver): a yardstick, not a method."""
+    transformation = _gradients.gram_transformation(name, shared, _gradients.stateless(weights_fn))
+    return _gradients.manipulation_weighting(transformation)
+
+
 def summed_per_loss(shared: Any) -> yoto_jax.Weighting:
     """The floor of every gradient-combination method's cost: the per-loss gradients
     formed (T backward passes; in representation mode, of z through the heads) and
     summed, with no Gram matrix (its entries are never read, so XLA drops it) and no
-    solver. Built from the library's private blocks: a yardstick, not a method."""
-    ones = _gradients.stateless(lambda gram: jnp.ones(gram.shape[:1], gram.dtype))
-    transformation = _gradients.gram_transformation("summed_per_loss", shared, ones)
-    return _gradients.manipulation_weighting(transformation)
+    solver."""
+    return _yardstick("summed_per_loss", shared, lambda gram: jnp.ones(gram.shape[:1], gram.dtype))
 
 
 def gram_per_loss(shared: Any) -> yoto_jax.Weighting:
     """The floor of the Gram-matrix methods' cost: :func:`summed_per_loss` plus the Gram
     matrix G Gᵀ of the per-loss gradients, which α = 1 + 0 · (G Gᵀ's column sums)
-    reads (XLA keeps a product by 0, which is nan for a nan input), and no solver.
-    A yardstick, not a method."""
-    ones = _gradients.stateless(
-        lambda gram: jnp.ones(gram.shape[:1], gram.dtype) + 0.0 * jnp.sum(gram, 0)
+    reads (XLA keeps a product by 0, which is nan for a nan input), and no solver."""
+    return _yardstick(
+        "gram_per_loss",
+        shared,
+        lambda gram: jnp.ones(gram.shape[:1], gram.dtype) + 0.0 * jnp.sum(gram, 0),
     )
-    transformation = _gradients.gram_transformation("gram_per_loss", shared, ones)
-    return _gradients.manipulation_weighting(transformation)
 
 
 _SUMMED = on_the_trunk(summed_per_loss, "the per-loss gradients, summed (no Gram, no solver)")
