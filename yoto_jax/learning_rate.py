@@ -225,8 +225,9 @@ def learned_learning_rate(
         ramping = state.rule_start < 0
         # nats from the current α up to learning_rate: each earlier ramp step doubled it
         headroom = -jnp.log(jnp.asarray(ramp_start)) - jnp.log(2.0) * (state.count - 1)
-        ramp_ends = ramping & (state.count > 0) & ((cosine <= 0) | (headroom <= 0))
-        doubling = ramping & (state.count > 0) & ~ramp_ends
+        ramp_step = ramping & (state.count > 0)  # the first step has no cosine to read
+        ramp_ends = ramp_step & ((cosine <= 0) | (headroom <= 0))
+        doubling = ramp_step & ~ramp_ends
         # the rule's steps: from its first step with a previous direction of its own
         seen = ~ramping & (state.count > state.rule_start)
         b1, b2 = COSINE_DECAY, SQUARE_DECAY
