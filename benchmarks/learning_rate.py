@@ -14,7 +14,9 @@ Run: ``python -m benchmarks.learning_rate [--seeds 3] [--steps 1500]``, or
 ``python -m benchmarks.learning_rate --tasks --diagnose [--scale quick] [--seeds 3]`` for
 the cosine's statistics at fixed rates and the damage done by the first steps at 10×
 the rate, or ``... --tasks --variants --scale full --seeds 5 [--out DIR]`` for variants of the rule
-(ν drifting up, a cosine decay on top) from 0.1×, 0.001× and 10× the best rate.
+(ν drifting up, a cosine decay on top) from 0.1×, 0.001× and 10× the best rate, or
+``... --horizons --scale full --seeds 5 [--out DIR]`` for the learned rate's ``horizon``
+chosen by leave-one-task-out (``benchmarks.learning_rate_horizon``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 import optax
 
 import yoto_jax
-from benchmarks import learning_rate_tasks
+from benchmarks import learning_rate_horizon, learning_rate_tasks
 from benchmarks.suite.tasks import TASKS
 from yoto_jax import learning_rate
 
@@ -159,12 +161,22 @@ def main() -> None:
         help="with --tasks: the learned rate with ν drifting up (a rest point at a negative "
         "cosine) and times a cosine decay, from 0.1×, 0.001× and 10× the best rate",
     )
+    parser.add_argument(
+        "--horizons",
+        action="store_true",
+        help="the learned rate's horizon on the three tasks, chosen by leave-one-task-out",
+    )
     parser.add_argument("--tasks", action="store_true", help="issue 21's task benchmark instead")
-    parser.add_argument("--scale", default="quick", help="with --tasks: quick or full")
-    parser.add_argument("--out", default=None, help="with --tasks: the JSON and PNGs' folder")
+    parser.add_argument("--scale", default="quick", help="with --tasks/--horizons: quick or full")
+    parser.add_argument(
+        "--out", default=None, help="with --tasks/--horizons: the JSON and PNGs' folder"
+    )
     args = parser.parse_args()
     if args.shrink_ratio is not None:
         learning_rate.SHRINK_RATIO = args.shrink_ratio
+    if args.horizons:
+        learning_rate_horizon.main(args.scale, args.seeds, args.out)
+        return
     if args.tasks and args.diagnose:
         learning_rate_tasks.diagnose(args.scale, args.seeds)
         return

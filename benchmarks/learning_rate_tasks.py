@@ -11,7 +11,8 @@ fixed loss weights and with YOTO, rows of one optimizer each:
   schedule_free_adamw at their defaults (schedule-free evaluated at its averaged
   iterate);
 * ``yoto_jax.learned_learning_rate(optax.scale_by_adam(), α₀)`` from α₀ 10× below and
-  10× above the oracle rate (no schedule: α is all it has).
+  10× above the oracle rate (no schedule: α is all it has), as each of
+  ``LEARNED_KINDS`` (the default, the ramp, ``horizon=HORIZON``, both).
 
 Batches, initialisations and evaluation are the harness's (``benchmarks.harness``):
 within a seed every row sees the same initial model and batches. Each optimizer is
@@ -73,8 +74,8 @@ at rate 1, as its docstring asks)."""
 
 
 class Row(NamedTuple):
-    """A member of the task's one program: ``optimizer`` indexes ``[Adam or learned,
-    learned with the ramp, *CONTRIB]``; ``rate`` is Adam's initial rate or the learned
+    """A member of the task's one program: ``optimizer`` indexes ``LEARNED_KINDS`` (Adam
+    or the learned rate first) and then ``CONTRIB``; ``rate`` is Adam's initial rate or the learned
     α₀; ``meta`` is β (0 for a fixed rate); ``decay`` turns on the cosine decay to 0 (the
     harness's Adam)."""
 
@@ -84,16 +85,32 @@ class Row(NamedTuple):
     decay: bool
 
 
+LEARNED_KINDS = {
+    "learned from": {},
+    "ramped from": {"ramp_from": learning_rate.RAMP_FROM},
+    "horizon from": {"horizon": learning_rate.HORIZON},
+    "horizon, ramped from": {
+        "horizon": learning_rate.HORIZON,
+        "ramp_from": learning_rate.RAMP_FROM,
+    },
+}
+"""The learned rate's settings the benchmark sweeps (keyword arguments of
+``learned_learning_rate``), by the prefix of their members' names; the first is also
+Adam's (β = 0)."""
+
+
 def members() -> dict[str, Row]:
-    """Adam, the learned rate and the learned rate with the ramp (``ramp_from`` =
-    ``RAMP_FROM``) at every rate of ``ADAM_RATES``, and each contrib optimizer: the runs
-    of one seed."""
+    """Adam and each kind of learned rate (``LEARNED_KINDS``) at every rate of
+    ``ADAM_RATES``, and each contrib optimizer: the runs of one seed."""
     beta = yoto_jax.DEFAULT_META_LEARNING_RATE
     adam = {f"Adam {r:g}": Row(0, r, 0.0, True) for r in ADAM_RATES}
-    learned = {f"learned from {r:g}": Row(0, r, beta, False) for r in ADAM_RATES}
-    ramped = {f"ramped from {r:g}": Row(1, r, beta, False) for r in ADAM_RATES}
-    contrib = {name: Row(i + 2, 1.0, 0.0, False) for i, name in enumerate(CONTRIB)}
-    return adam | learned | ramped | contrib
+    learned = {
+        f"{kind} {r:g}": Row(i, r, beta, False)
+        for i, kind in enumerate(LEARNED_KINDS)
+        for r in ADAM_RATES
+    }
+    contrib = {name: Row(i + len(LEARNED_KINDS), 1.0, 0.0, False) for i, name in enumerate(CONTRIB)}
+    return adam | learned | contrib
 
 
 def one_of(txs: list[optax.GradientTransformation], index: jax.Array):
@@ -122,17 +139,18 @@ def one_of(txs: list[optax.GradientTransformation], index: jax.Array):
 def optimizer(row: dict[str, jax.Array], steps: int) -> optax.GradientTransformation:
     """The row's optimizer from its traced fields (see `Row`)."""
     shape = optax.cosine_decay_schedule(1.0, steps)
-    adam_or_learned = optax.chain(
+    adam_or_learned, *others = (
         yoto_jax.learned_learning_rate(
-            optax.scale_by_adam(), row["rate"], meta_learning_rate=row["meta"]
-        ),
+            optax.scale_by_adam(), row["rate"], meta_learning_rate=row["meta"], **settings
+        )
+        for settings in LEARNED_KINDS.values()
+    )
+    adam_or_learned = optax.chain(
+        adam_or_learned,
         optax.scale_by_schedule(lambda count: jnp.where(row["decay"], shape(count), 1.0)),
     )
-    ramped = yoto_jax.learned_learning_rate(
-        optax.scale_by_adam(), row["rate"], ramp_from=learning_rate.RAMP_FROM
-    )
     contrib = [make() for make in CONTRIB.values()]
-    return one_of([adam_or_learned, ramped, *contrib], row["optimizer"])
+    return one_of([adam_or_learned, *others, *contrib], row["optimizer"])
 
 
 def weightings(task: Task) -> dict[str, Callable[[], yoto_jax.Weighting]]:
@@ -150,7 +168,7 @@ def evaluated_model(state: yoto_jax.TrainerState, row: dict[str, jax.Array]) -> 
     """The model's params, or for schedule-free Adam its averaged iterate x, where it is
     evaluated (not the gradient point y)."""
     (free,) = states_of(state.opt_state, optax.contrib.ScheduleFreeState)
-    is_free = row["optimizer"] == 2 + list(CONTRIB).index("schedule_free_adamw")
+    is_free = row["optimizer"] == len(LEARNED_KINDS) + list(CONTRIB).index("schedule_free_adamw")
     y, z = state.params["model"], free.z["model"]
     return jax.tree.map(
         lambda y, z: jnp.where(is_free, (y - (1.0 - free.b1) * z) / free.b1, y), y, z
@@ -159,14 +177,12 @@ def evaluated_model(state: yoto_jax.TrainerState, row: dict[str, jax.Array]) -> 
 
 def step_size(opt_state: optax.OptState, row: dict[str, jax.Array], count, steps: int):
     """Adam's or the learned α the next step applies (nan for the contrib optimizers)."""
-    plain, ramped = states_of(opt_state, yoto_jax.LearnedLearningRateState)
+    learned = states_of(opt_state, yoto_jax.LearnedLearningRateState)
     shape = jnp.where(row["decay"], optax.cosine_decay_schedule(1.0, steps)(count), 1.0)
-    alpha = jnp.where(
-        row["optimizer"] == 0,
-        yoto_jax.learning_rate_of(plain) * shape,
-        yoto_jax.learning_rate_of(ramped),
-    )
-    return jnp.where(row["optimizer"] <= 1, alpha, jnp.nan)
+    alphas = jnp.stack([yoto_jax.learning_rate_of(state) for state in learned])
+    alpha = alphas[jnp.minimum(row["optimizer"], len(learned) - 1)]
+    alpha = jnp.where(row["optimizer"] == 0, alpha * shape, alpha)
+    return jnp.where(row["optimizer"] < len(learned), alpha, jnp.nan)
 
 
 def training_step(task: Task, train: yoto_jax.Trainer, key: jax.Array, data):
@@ -260,14 +276,15 @@ def task_rows(task: Task, weighting, seeds: list[int]) -> dict[str, dict[str, An
         "Adam 10× too small": row(f"Adam {ADAM_RATES[oracle - 2]:g}", rate=ADAM_RATES[oracle - 2]),
         "Adam 10× too large": row(f"Adam {ADAM_RATES[oracle + 2]:g}", rate=ADAM_RATES[oracle + 2]),
         **{name: row(name) for name in CONTRIB},
-        LEARNED[0]: row(f"learned from {ADAM_RATES[oracle - 2]:g}", rate=ADAM_RATES[oracle - 2]),
-        LEARNED[1]: row(f"learned from {ADAM_RATES[oracle + 2]:g}", rate=ADAM_RATES[oracle + 2]),
-        LEARNED[2]: row(f"ramped from {ADAM_RATES[oracle - 2]:g}", rate=ADAM_RATES[oracle - 2]),
-        LEARNED[3]: row(f"ramped from {ADAM_RATES[oracle + 2]:g}", rate=ADAM_RATES[oracle + 2]),
+        **{
+            LEARNED[2 * i + j]: row(f"{kind} {ADAM_RATES[at]:g}", rate=ADAM_RATES[at])
+            for i, kind in enumerate(LEARNED_KINDS)
+            for j, at in enumerate((oracle - 2, oracle + 2))
+        },
     }
     sweep = {
         kind: [runs[f"{kind} {r:g}"]["test"] for r in ADAM_RATES]
-        for kind in ("Adam", "learned from", "ramped from")
+        for kind in ("Adam", *LEARNED_KINDS)
     }
     return {"rows": rows, "sweep": sweep, "seconds": runs["seconds"]}
 
@@ -277,6 +294,10 @@ LEARNED = (
     "learned, 10× too large",
     "learned + ramp, 10× too small",
     "learned + ramp, 10× too large",
+    "learned, horizon 33, 10× too small",
+    "learned, horizon 33, 10× too large",
+    "learned, horizon 33 + ramp, 10× too small",
+    "learned, horizon 33 + ramp, 10× too large",
 )
 GRID_ROW = "Adam, 5-point grid by validation"
 

@@ -38,6 +38,12 @@ def test_each_member_trains_as_its_optimizer_alone():
         "ramped from 0.03": yoto_jax.learned_learning_rate(
             optax.scale_by_adam(), 0.03, ramp_from=0.01
         ),
+        "horizon from 0.03": yoto_jax.learned_learning_rate(
+            optax.scale_by_adam(), 0.03, horizon=33.0
+        ),
+        "horizon, ramped from 0.03": yoto_jax.learned_learning_rate(
+            optax.scale_by_adam(), 0.03, ramp_from=0.01, horizon=33.0
+        ),
         **{name: make() for name, make in CONTRIB.items()},
     }
     chosen = [rows[name] for name in expected]
