@@ -3,7 +3,8 @@
 Two problems: the test's quadratic (curvatures 0.1 … 10, full batch, SGD and Adam
 directions, the final loss) and the suite's ``signal_small`` MLP (Adam, batch 64,
 1500 steps, with YOTO and with equal fixed weights; test accuracy and α's trajectory).
-Rows: Adam at 1e-4, 1e-3 (the suite's rate) and 1e-2, and learned from 1e-4 and 1e-2.
+Rows: Adam at 1e-4, 1e-3 (the suite's rate) and 1e-2, and learned from 1e-4 and 1e-2
+(``horizon`` 1 and ``HORIZON``).
 
 ``--tasks`` runs issue 21's benchmark instead (``benchmarks.learning_rate_tasks``):
 the three benchmark tasks, against an Adam grid and optax.contrib's
@@ -41,7 +42,9 @@ RATES = (1e-4, 1e-3, 1e-2)
 def rows(direction: optax.GradientTransformation) -> dict[str, optax.GradientTransformation]:
     fixed = {f"fixed {a:g}": optax.chain(direction, optax.scale_by_learning_rate(a)) for a in RATES}
     learned = {
-        f"learned from {a:g}": yoto_jax.learned_learning_rate(direction, a) for a in (1e-4, 1e-2)
+        f"learned{label} from {a:g}": yoto_jax.learned_learning_rate(direction, a, horizon=h)
+        for label, h in (("", 1.0), (f", horizon {learning_rate.HORIZON:g}", learning_rate.HORIZON))
+        for a in (1e-4, 1e-2)
     }
     return fixed | learned
 
