@@ -35,10 +35,9 @@ from benchmarks.learning_rate_tasks import (
     GRID_BEST_WEIGHTS,
     one_of,
     states_of,
-    training_step,
+    trained,
 )
 from benchmarks.tasks.base import Task
-from benchmarks.training import split_key
 from yoto_jax.learning_rate import RAMP_FROM
 
 HORIZONS = (1.0, 10.0, 33.0, 100.0)
@@ -52,13 +51,9 @@ def program(task: Task, weights: jax.Array, make: MakeOptimizer):
     """``(rate, which, key, data) -> (test, val, α)``: a run with ``make(rate, which,
     steps)`` and fixed loss ``weights``; the final test and validation metrics and the
     learned α (nan without one). Vmapped over the leading three."""
-    steps = task.training.steps
 
     def one(rate, which, key, data):
-        train = yoto_jax.trainer(yoto_jax.fixed_weights(weights), make(rate, which, steps))
-        one_step = training_step(task, train, key, data)
-        state = train.init(task.init(split_key(key)[0]), len(task.loss_names))
-        state = jax.lax.fori_loop(0, steps, lambda index, state: one_step(state, index), state)
+        state = trained(task, weights, make(rate, which, task.training.steps), key, data)
         learned = states_of(state.opt_state, yoto_jax.LearnedLearningRateState)
         alphas = [yoto_jax.learning_rate_of(s) for s in learned] or [jnp.asarray(jnp.nan)]
         alpha = jnp.stack(alphas)[jnp.minimum(which, len(alphas) - 1)]

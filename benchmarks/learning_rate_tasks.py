@@ -201,6 +201,17 @@ def training_step(task: Task, train: yoto_jax.Trainer, key: jax.Array, data):
     return step
 
 
+def trained(
+    task: Task, weights: jax.Array, tx: optax.GradientTransformation, key: jax.Array, data
+) -> yoto_jax.TrainerState:
+    """The state after the task's steps with ``tx`` and fixed loss ``weights``, from
+    ``key`` (the harness's initialisation and batches)."""
+    train = yoto_jax.trainer(yoto_jax.fixed_weights(weights), tx)
+    one_step = training_step(task, train, key, data)
+    state = train.init(task.init(split_key(key)[0]), len(task.loss_names))
+    return jax.lax.fori_loop(0, task.training.steps, lambda i, state: one_step(state, i), state)
+
+
 def program(task: Task, weighting: Callable[[], yoto_jax.Weighting]):
     """``(rows, keys, data) -> results`` as one vmapped program: each member trains with
     its row's optimizer from its key (the harness's initialisation and batches); the
@@ -577,10 +588,7 @@ def variant_program(task: Task, weights: jax.Array):
             drifted(learned, drift),
             optax.scale_by_schedule(lambda count: jnp.where(decay, shape(count), 1.0)),
         )
-        train = yoto_jax.trainer(yoto_jax.fixed_weights(weights), tx)
-        one_step = training_step(task, train, key, data)
-        state = train.init(task.init(split_key(key)[0]), len(task.loss_names))
-        state = jax.lax.fori_loop(0, steps, lambda index, state: one_step(state, index), state)
+        state = trained(task, weights, tx, key, data)
         (learned_state,) = states_of(state.opt_state, yoto_jax.LearnedLearningRateState)
         test = evaluate(task, state.params["model"], data.test)[task.metric]
         return test, yoto_jax.learning_rate_of(learned_state)

@@ -175,9 +175,9 @@ def learned_learning_rate(
     step (Wu et al.'s short-horizon bias), and under minibatch noise it rests below
     the tuned rate. The ramp and the fast shrink still read :math:`c_t`. The trace
     costs one more buffer the size of the params. ``HORIZON`` (33) is the value the
-    task benchmark chose by leave-one-task-out (from too small a rate); on a noiseless ill-conditioned
-    quadratic with the Adam direction it learns less than the default H = 1
-    (docs/learning_rate.md has both measurements).
+    task benchmark chose by leave-one-task-out (from too small a rate); on a
+    noiseless ill-conditioned quadratic with the Adam direction it learns less than
+    the default H = 1 (docs/learning_rate.md has both measurements).
 
     One α per parameter group: put one ``learned_learning_rate`` in each group of an
     ``optax.partition`` (its labels tree or function names the groups); each group's
