@@ -17,7 +17,9 @@ the cosine's statistics at fixed rates and the damage done by the first steps at
 the rate, or ``... --tasks --variants --scale full --seeds 5 [--out DIR]`` for variants of the rule
 (ν drifting up, a cosine decay on top) from 0.1×, 0.001× and 10× the best rate, or
 ``... --horizons --scale full --seeds 5 [--out DIR]`` for the learned rate's ``horizon``
-chosen by leave-one-task-out (``benchmarks.learning_rate_horizon``).
+chosen by leave-one-task-out (``benchmarks.learning_rate_horizon``), or
+``... --validation --scale full --seeds 5 [--out DIR]`` for the hypergradient of a held-out
+loss against the training one (``benchmarks.learning_rate_validation``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 import optax
 
 import yoto_jax
-from benchmarks import learning_rate_horizon, learning_rate_tasks
+from benchmarks import learning_rate_horizon, learning_rate_tasks, learning_rate_validation
 from benchmarks.suite.tasks import TASKS
 from yoto_jax import learning_rate
 
@@ -169,16 +171,24 @@ def main() -> None:
         action="store_true",
         help="the learned rate's horizon on the three tasks, chosen by leave-one-task-out",
     )
-    parser.add_argument("--tasks", action="store_true", help="issue 21's task benchmark instead")
-    parser.add_argument("--scale", default="quick", help="with --tasks/--horizons: quick or full")
     parser.add_argument(
-        "--out", default=None, help="with --tasks/--horizons: the JSON and PNGs' folder"
+        "--validation",
+        action="store_true",
+        help="the hypergradient of a held-out loss against the training one, on the three tasks",
+    )
+    parser.add_argument("--tasks", action="store_true", help="issue 21's task benchmark instead")
+    parser.add_argument("--scale", default="quick", help="with --tasks/--horizons/--validation")
+    parser.add_argument(
+        "--out", default=None, help="with --tasks/--horizons/--validation: the JSON's folder"
     )
     args = parser.parse_args()
     if args.shrink_ratio is not None:
         learning_rate.SHRINK_RATIO = args.shrink_ratio
     if args.horizons:
         learning_rate_horizon.main(args.scale, args.seeds, args.out)
+        return
+    if args.validation:
+        learning_rate_validation.main(args.scale, args.seeds, args.out)
         return
     if args.tasks and args.diagnose:
         learning_rate_tasks.diagnose(args.scale, args.seeds)

@@ -47,21 +47,34 @@ STARTS = {"0.1×": (0.1, False), "10× + ramp": (10.0, True)}
 MakeOptimizer = Callable[[jax.Array, jax.Array, int], optax.GradientTransformation]
 
 
-def program(task: Task, weights: jax.Array, make: MakeOptimizer):
-    """``(rate, which, key, data) -> (test, val, α)``: a run with ``make(rate, which,
-    steps)`` and fixed loss ``weights``; the final test and validation metrics and the
-    learned α (nan without one). Vmapped over the leading three."""
+def program(task: Task, weights: jax.Array, make: MakeOptimizer, validation: bool = False):
+    """``(rate, which, key, data) -> (test, val, α, val loss)``: a run with ``make(rate,
+    which, steps)`` and fixed loss ``weights`` (``validation``: its hypergradient from
+    held-out batches, ``benchmarks.learning_rate_tasks.training_step``); the final test
+    and validation metrics, the learned α (nan without one) and the primary loss on
+    the validation split. Vmapped over the leading three."""
 
     def one(rate, which, key, data):
-        state = trained(task, weights, make(rate, which, task.training.steps), key, data)
+        tx = make(rate, which, task.training.steps)
+        state = trained(task, weights, tx, key, data, validation)
         learned = states_of(state.opt_state, yoto_jax.LearnedLearningRateState)
         alphas = [yoto_jax.learning_rate_of(s) for s in learned] or [jnp.asarray(jnp.nan)]
         alpha = jnp.stack(alphas)[jnp.minimum(which, len(alphas) - 1)]
         model = state.params["model"]
         test = evaluate(task, model, data.test)[task.metric]
-        return test, evaluate(task, model, data.val)[task.metric], alpha
+        val = evaluate(task, model, data.val)[task.metric]
+        return test, val, alpha, primary_loss(task, model, data.val)
 
     return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))
+
+
+def primary_loss(task: Task, model: Any, split: Any) -> jax.Array:
+    """The mean primary loss over ``split``, in chunks of ``eval_chunk`` examples."""
+    chunk = task.training.eval_chunk
+    size = jax.tree.leaves(split)[0].shape[0]
+    chunks = jax.tree.map(lambda x: x.reshape(size // chunk, chunk, *x.shape[1:]), split)
+    losses = jax.lax.map(lambda batch: task.losses(model, batch, jax.random.key(0))[0], chunks)
+    return jnp.mean(losses)
 
 
 def adam(rate: jax.Array, which: jax.Array, steps: int) -> optax.GradientTransformation:
@@ -111,19 +124,45 @@ def leave_one_task_out(shortfalls: dict[str, dict[float, dict[str, float]]]) -> 
 
 
 def run(
-    task: Task, make: MakeOptimizer, rates: list[float], which: list[int], seeds: int
+    task: Task,
+    make: MakeOptimizer,
+    rates: list[float],
+    which: list[int],
+    seeds: int,
+    validation: bool = False,
 ) -> tuple[np.ndarray, ...]:
-    """Test, validation and α of ``make`` from each of ``rates`` (with its ``which``) for
-    seeds 0 … ``seeds`` − 1, each shaped (rates, seeds)."""
+    """Test, validation, α and the validation loss of ``make`` from each of ``rates``
+    (with its ``which``) for seeds 0 … ``seeds`` − 1, each shaped (rates, seeds)."""
     weights = jnp.asarray(GRID_BEST_WEIGHTS[task.name], jnp.float32)
     keys = jnp.stack([seed_key(s) for s in range(seeds)] * len(rates))
-    outputs = program(task, weights, make)(
+    outputs = program(task, weights, make, validation)(
         jnp.repeat(jnp.asarray(rates, jnp.float32), seeds),
         jnp.repeat(jnp.asarray(which), seeds),
         keys,
         task.data,
     )
     return tuple(np.asarray(v).reshape(len(rates), seeds) for v in outputs)
+
+
+def adam_grid(task: Task, seeds: int) -> dict[str, Any]:
+    """Adam's 5-point grid on ``task``: per rate and seed the test metric, and per seed
+    the test metric and the validation loss of the rate picked by the validation
+    metric; prints the picked test metric's mean."""
+    rates = list(ADAM_RATES[GRID])
+    test, val, _, val_loss = run(task, adam, rates, [0] * len(rates), seeds)
+    sign = 1.0 if task.higher_is_better else -1.0
+    pick = np.argmax(sign * val, axis=0), np.arange(seeds)
+    print(
+        f"{task.name} ({task.training.steps} steps, test {task.metric}): "
+        f"grid {test[pick].mean():.4f} ± {test[pick].std():.4f}"
+        f"  val loss {val_loss[pick].mean():.4f}"
+    )
+    return {
+        "rates": rates,
+        "test": test.tolist(),
+        "picked": test[pick].tolist(),
+        "picked_val_loss": val_loss[pick].tolist(),
+    }
 
 
 def main(scale: str, seeds: int, out: str | None) -> dict[str, Any]:
@@ -138,22 +177,14 @@ def main(scale: str, seeds: int, out: str | None) -> dict[str, Any]:
     bar = tqdm(total=len(names) * (1 + len(HORIZONS)), desc="programs")
     for name in names:
         task = task_suite.build(name, scale)
-        rates = list(ADAM_RATES[GRID])
-        test, val, _ = run(task, adam, rates, [0] * len(rates), seeds)
+        stored[name] = {"grid": adam_grid(task, seeds)}
         bar.update()
-        sign = 1.0 if task.higher_is_better else -1.0
-        picked = test[np.argmax(sign * val, axis=0), np.arange(seeds)]
-        stored[name] = {"grid": {"rates": rates, "test": test.tolist(), "picked": picked.tolist()}}
-        grid = float(picked.mean())
-        print(
-            f"{name} ({task.training.steps} steps, test {task.metric}): "
-            f"grid {grid:.4f} ± {picked.std():.4f}"
-        )
+        grid = float(np.mean(stored[name]["grid"]["picked"]))
         shortfalls[name] = {}
         starts = [FULL_ORACLE[name] * factor for factor, _ in STARTS.values()]
         ramps = [int(ramp) for _, ramp in STARTS.values()]
         for horizon in HORIZONS:
-            test, _, alpha = run(task, learned(horizon), starts, ramps, seeds)
+            test, _, alpha, _ = run(task, learned(horizon), starts, ramps, seeds)
             bar.update()
             cells = {}
             for label, t, a in zip(STARTS, test, alpha):

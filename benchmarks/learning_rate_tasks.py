@@ -185,29 +185,51 @@ def step_size(opt_state: optax.OptState, row: dict[str, jax.Array], count, steps
     return jnp.where(row["optimizer"] < len(learned), alpha, jnp.nan)
 
 
-def training_step(task: Task, train: yoto_jax.Trainer, key: jax.Array, data):
+def training_step(task: Task, train: yoto_jax.Trainer, key: jax.Array, data, validation=False):
     """``(state, index) -> state``: the harness's training step ``index`` of a run from
-    ``key`` (its batch drawn with replacement from ``data.train``)."""
+    ``key`` (its batch drawn with replacement from ``data.train``). With ``validation``
+    the step also passes the primary loss on a batch of ``data.val`` (drawn the same
+    way, from its own key) as the trainer's ``validation_fn``."""
     loop_key = jax.random.split(split_key(key)[1])[0]
     num_train = jax.tree.leaves(data.train)[0].shape[0]
+    num_val = jax.tree.leaves(data.val)[0].shape[0]
+    size = task.training.batch_size
 
     def step(state, index):
         keys = jax.random.split(jax.random.fold_in(loop_key, index), 3)
-        chosen = jax.random.randint(keys[0], (task.training.batch_size,), 0, num_train)
+        chosen = jax.random.randint(keys[0], (size,), 0, num_train)
         batch = jax.tree.map(lambda x: x[chosen], data.train)
-        state, _ = train.step(state, lambda p: task.losses(p, batch, keys[1]), keys[2])
+        val_keys = jax.random.split(jax.random.fold_in(keys[0], 1))
+        val_batch = jax.tree.map(
+            lambda x: x[jax.random.randint(val_keys[0], (size,), 0, num_val)], data.val
+        )
+
+        def losses(params):
+            return task.losses(params, batch, keys[1])
+
+        def primary_held_out(params):
+            return task.losses(params, val_batch, val_keys[1])[0]
+
+        validation_fn = primary_held_out if validation else None
+        state, _ = train.step(state, losses, keys[2], validation_fn=validation_fn)
         return state
 
     return step
 
 
 def trained(
-    task: Task, weights: jax.Array, tx: optax.GradientTransformation, key: jax.Array, data
+    task: Task,
+    weights: jax.Array,
+    tx: optax.GradientTransformation,
+    key: jax.Array,
+    data,
+    validation: bool = False,
 ) -> yoto_jax.TrainerState:
     """The state after the task's steps with ``tx`` and fixed loss ``weights``, from
-    ``key`` (the harness's initialisation and batches)."""
+    ``key`` (the harness's initialisation and batches; ``validation`` as in
+    `training_step`)."""
     train = yoto_jax.trainer(yoto_jax.fixed_weights(weights), tx)
-    one_step = training_step(task, train, key, data)
+    one_step = training_step(task, train, key, data, validation)
     state = train.init(task.init(split_key(key)[0]), len(task.loss_names))
     return jax.lax.fori_loop(0, task.training.steps, lambda i, state: one_step(state, i), state)
 

@@ -104,13 +104,15 @@ def test_learned_rate_reaches_the_tuned_rate_from_far_off(name, horizon):
         assert float(rates[2].min()) < 0.2  # α came down below the edge 2/L
 
 
-def hypergradient_cosine(x: jax.Array, direction: jax.Array, alpha: float) -> jax.Array:
-    """The cosine of −∂f(x − α d)/∂α with d, and the gradient at x − α d: the derivative
-    is a central difference (exact on a quadratic up to rounding)."""
+def hypergradient_cosine(
+    x: jax.Array, direction: jax.Array, alpha: float, loss=quadratic
+) -> jax.Array:
+    """The cosine of −∂f(x − α d)/∂α with d, and the gradient at x − α d, for f ``loss``:
+    the derivative is a central difference (exact on a quadratic up to rounding)."""
     h = alpha / 2
-    step = lambda a: quadratic(x - a * direction)
+    step = lambda a: loss(x - a * direction)
     finite_difference = (step(alpha + h) - step(alpha - h)) / (2 * h)
-    g = jax.grad(quadratic)(x - alpha * direction)
+    g = jax.grad(loss)(x - alpha * direction)
     return -finite_difference / (jnp.linalg.norm(g) * jnp.linalg.norm(direction))
 
 

@@ -35,6 +35,10 @@ RAMP_FROM = 0.01
 """The ``ramp_from`` the benchmark measures (docs/learning_rate.md): safe from about
 100× too large a rate."""
 
+VALIDATION_GRADS = "validation_grads"
+"""The extra argument of :func:`learned_learning_rate`'s update that carries a held-out
+loss's gradient (:func:`yoto_jax.trainer`'s ``validation_fn`` passes it)."""
+
 EPSILON = 1e-8
 
 
@@ -110,6 +114,28 @@ def _cosine(a: optax.Updates, b: optax.Updates) -> jax.Array:
     return jnp.where(positive, dot / jnp.where(positive, norms, 1.0), 0.0)
 
 
+def _hypergradient_signal(updates: optax.Updates, validation_grads: Any) -> optax.Updates:
+    """The gradient the hypergradient reads: ``validation_grads`` when given (checked to
+    have the updates' tree structure), else the incoming ``updates``."""
+    if validation_grads is None:
+        return updates
+    expected, got = jax.tree.structure(updates), jax.tree.structure(validation_grads)
+    if expected != got:
+        raise ValueError(
+            f"{VALIDATION_GRADS} must be a tree like the updates (the gradient of a held-out "
+            f"loss in the same params), expected the structure {expected}, got {got}. Inside "
+            "optax.partition, build it with mask_compatible_extra_args=True so each group "
+            "gets its own part."
+        )
+    for update, grad in zip(jax.tree.leaves(updates), jax.tree.leaves(validation_grads)):
+        if jnp.shape(update) != jnp.shape(grad):
+            raise ValueError(
+                f"{VALIDATION_GRADS} must have the updates' shapes, got a leaf of shape "
+                f"{jnp.shape(grad)} where the updates have {jnp.shape(update)}."
+            )
+    return validation_grads
+
+
 def learned_learning_rate(
     direction: optax.GradientTransformation,
     learning_rate: float | jax.Array,
@@ -179,6 +205,15 @@ def learned_learning_rate(
     noiseless ill-conditioned quadratic with the Adam direction it learns less than
     the default H = 1 (docs/learning_rate.md has both measurements).
 
+    **Validation-driven.** Passed ``validation_grads=`` (an extra argument of
+    ``update``: the gradient :math:`h_t` of a held-out batch's loss at the same params,
+    a tree like the updates), the rule reads :math:`h_t` in place of :math:`g_t`
+    everywhere above: :math:`-⟨h_t, d_{t-1}⟩` is the derivative of the held-out loss in
+    the last step size, so α follows what generalises rather than what fits the
+    training batches (Auto-λ's one-step lookahead, for a step size). The direction
+    still comes from :math:`g_t`. It costs one more gradient per step;
+    ``yoto_jax.trainer``'s ``step(..., validation_fn=...)`` computes and passes it.
+
     One α per parameter group: put one ``learned_learning_rate`` in each group of an
     ``optax.partition`` (its labels tree or function names the groups); each group's
     cosine is then taken over its own parameters, and ``learning_rate_of(state, label)``
@@ -198,7 +233,8 @@ def learned_learning_rate(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
-      :class:`LearnedLearningRateState`; :func:`learning_rate_of` reads α from it.
+      :class:`LearnedLearningRateState`; :func:`learning_rate_of` reads α from it. Its
+      ``update`` takes the optional extra argument ``validation_grads`` (above).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, yoto_jax
@@ -216,6 +252,7 @@ def learned_learning_rate(
       ICLR 2018.
       Wu et al., "Understanding Short-Horizon Bias in Stochastic Meta-Optimization",
       ICLR 2018.
+      Liu et al., "Auto-Lambda: Disentangling Dynamic Task Relationships", TMLR 2022.
     """
     if not isinstance(direction, optax.GradientTransformation):
         raise TypeError(
@@ -256,7 +293,8 @@ def learned_learning_rate(
         )
 
     def update_fn(updates, state, params=None, **extra_args: Any):
-        cosine = _cosine(updates, state.previous_direction)
+        signal = _hypergradient_signal(updates, extra_args.get(VALIDATION_GRADS))
+        cosine = _cosine(signal, state.previous_direction)
         ramping = state.rule_start < 0
         if trace_decay > 0:
             # e_t = γ e_{t-1} + d_{t-1}, the directions since the rule began, discounted
@@ -266,7 +304,7 @@ def learned_learning_rate(
                 state.direction_trace,
                 state.previous_direction,
             )
-            horizon_cosine = _cosine(updates, direction_trace)
+            horizon_cosine = _cosine(signal, direction_trace)
         else:
             direction_trace, horizon_cosine = None, cosine
         # nats from the current α up to learning_rate: each earlier ramp step doubled it

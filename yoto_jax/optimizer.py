@@ -31,7 +31,12 @@ def yoto_optimizer(
         optax.partition(
             {"model": tx, "mu": optax.chain(hyperparameter_decay(rho), optax.adam(0.05))},
             partition_labels,  # mu_labels, with one label per subtree without µ
+            mask_compatible_extra_args=True,
         )
+
+    (the last so that extra arguments shaped like the params, e.g.
+    :func:`yoto_jax.learned_learning_rate`'s ``validation_grads``, reach each optimizer
+    masked like its updates).
 
     Adam moves each logit by about its learning rate per step, so µ's learning rate is
     its step size in nats (a factor e^{lr} on λ_i/λ_0) and its sum over training bounds
@@ -80,7 +85,9 @@ def yoto_optimizer(
         mu_tx = optax.adam(mu_learning_rate)
     return _requiring_mu(
         optax.partition(
-            {"model": tx, "mu": optax.chain(hyperparameter_decay(rho), mu_tx)}, partition_labels
+            {"model": tx, "mu": optax.chain(hyperparameter_decay(rho), mu_tx)},
+            partition_labels,
+            mask_compatible_extra_args=True,
         )
     )
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 
 from yoto_jax import _checks
+from yoto_jax.learning_rate import VALIDATION_GRADS, LearnedLearningRateState
 from yoto_jax.weighting import LossesFn, Params, Weighting
 
 MODEL = "model"
@@ -70,7 +71,8 @@ class Trainer(NamedTuple):
 
     Attributes:
       init: ``init(model_params, num_losses) -> TrainerState``.
-      step: ``step(state, losses_fn, key=None) -> (TrainerState, StepLog)``.
+      step: ``step(state, losses_fn, key=None, *, validation_fn=None) -> (TrainerState,
+        StepLog)``.
       weights: ``weights(state) -> (T,)``, the weighting's ``weights(params, state)``
         for the state's params and weighting state. For methods whose weights are a
         function of their params and state (fixed and equal weights, YOTO,
@@ -97,6 +99,26 @@ def _all_finite(tree: Any) -> jax.Array:
         if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
     ]
     return jnp.all(jnp.stack(checks)) if checks else jnp.bool_(True)
+
+
+def _validation_grads(
+    validation_fn: Callable[[Params], jax.Array], model_params: Params, opt_state: Any
+) -> Params:
+    """The gradient of ``validation_fn`` at ``model_params``, checked to be that of a
+    floating scalar, for an optimizer that reads it (a learned learning rate)."""
+    found = jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, LearnedLearningRateState))
+    if not any(isinstance(s, LearnedLearningRateState) for s in found):
+        raise ValueError(
+            "validation_fn is read only by yoto_jax.learned_learning_rate, and the optimizer "
+            "holds none: drop validation_fn, or build tx with learned_learning_rate."
+        )
+    value = jax.eval_shape(validation_fn, model_params)
+    if getattr(value, "shape", None) != () or not jnp.issubdtype(value.dtype, jnp.floating):
+        raise ValueError(
+            "validation_fn(model_params) must return a floating scalar (a held-out loss), "
+            f"got {value}."
+        )
+    return jax.grad(validation_fn)(model_params)
 
 
 def trainer(
@@ -135,6 +157,14 @@ def trainer(
     (an infinite learning rate) are not detected. Under ``jax.vmap`` each member
     skips its own steps.
 
+    **A held-out loss for the learning rate.** ``step(..., validation_fn=f)``, with
+    ``f(model_params)`` a scalar loss on a held-out batch, also takes f's gradient at
+    the step's params and passes it to the optimizer as the extra argument
+    ``validation_grads`` (``{"model": ∇f, "weighting": the weighting's own gradient}``),
+    from which :func:`~yoto_jax.learned_learning_rate` learns α instead of from the
+    training gradient. It costs one more gradient per step; an optimizer without a
+    learned learning rate raises rather than ignore it.
+
     Args:
       weighting: the loss-weighting method.
       tx: the model's optimizer.
@@ -172,7 +202,7 @@ def trainer(
             "tx must be an optax.GradientTransformation (e.g. optax.adam(1e-3)), got "
             f"{type(tx).__name__}."
         )
-    full_tx = weighting.optimizer(tx)
+    full_tx = optax.with_extra_args_support(weighting.optimizer(tx))
 
     def init(model_params: Params, num_losses: int) -> TrainerState:
         num_losses = _checks.positive_int(num_losses, "num_losses")
@@ -185,7 +215,10 @@ def trainer(
         return TrainerState(params, opt_state, weighting_state)
 
     def applied_step(
-        state: TrainerState, losses_fn: LossesFn, key: jax.Array | None
+        state: TrainerState,
+        losses_fn: LossesFn,
+        key: jax.Array | None,
+        validation_fn: Callable[[Params], jax.Array] | None,
     ) -> tuple[TrainerState, StepLog, jax.Array | None]:
         """The step, unguarded, and (with the guard) whether all it computed is finite."""
         params = state.params
@@ -193,23 +226,32 @@ def trainer(
             losses_fn, params[MODEL], params[WEIGHTING], state.weighting_state, key=key
         )
         grads = {MODEL: result.model_grads, WEIGHTING: result.grads}
-        updates, opt_state = full_tx.update(grads, state.opt_state, params)
+        extra_args = {}
+        if validation_fn is not None:
+            held_out = _validation_grads(validation_fn, params[MODEL], state.opt_state)
+            # the weighting's params have no held-out loss: their own gradient stands in
+            extra_args[VALIDATION_GRADS] = {MODEL: held_out, WEIGHTING: result.grads}
+        updates, opt_state = full_tx.update(grads, state.opt_state, params, **extra_args)
         params = optax.apply_updates(params, updates)
         weighting_state = weighting.after_update(losses_fn, params[MODEL], result)
-        checked = (result.losses, result.weights, grads, weighting_state)
+        checked = (result.losses, result.weights, grads, weighting_state, extra_args)
         finite = _all_finite(checked) if skip_nonfinite else None
         log = StepLog(result.losses, result.weights)
         return TrainerState(params, opt_state, weighting_state), log, finite
 
     def step(
-        state: TrainerState, losses_fn: LossesFn, key: jax.Array | None = None
+        state: TrainerState,
+        losses_fn: LossesFn,
+        key: jax.Array | None = None,
+        *,
+        validation_fn: Callable[[Params], jax.Array] | None = None,
     ) -> tuple[TrainerState, StepLog]:
         if not skip_nonfinite:
-            new_state, log, _ = applied_step(state, losses_fn, key)
+            new_state, log, _ = applied_step(state, losses_fn, key, validation_fn)
             return new_state, log
         guard = state.opt_state
         before = state._replace(opt_state=guard.inner_state)
-        new_state, log, finite = applied_step(before, losses_fn, key)
+        new_state, log, finite = applied_step(before, losses_fn, key, validation_fn)
         kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, before)
         count = jnp.where(finite, 0, guard.notfinite_count + 1).astype(jnp.int32)
         total = guard.total_notfinite + (~finite).astype(jnp.int32)
