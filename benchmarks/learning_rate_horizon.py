@@ -32,10 +32,10 @@ from benchmarks.learning_rate_tasks import (
     ADAM_RATES,
     FULL_ORACLE,
     GRID,
-    GRID_BEST_WEIGHTS,
     one_of,
     states_of,
     trained,
+    weightings,
 )
 from benchmarks.tasks.base import Task
 from yoto_jax.learning_rate import RAMP_FROM
@@ -44,19 +44,25 @@ HORIZONS = (1.0, 10.0, 33.0, 100.0)
 STARTS = {"0.1×": (0.1, False), "10× + ramp": (10.0, True)}
 """The learned rate's starts, × the full-scale oracle rate, and whether with the ramp."""
 
+GRID_WEIGHTS = "grid-best weights"
+"""The name, in ``benchmarks.learning_rate_tasks.weightings``, of the 3×3 grid's best
+fixed loss weights."""
+
 MakeOptimizer = Callable[[jax.Array, jax.Array, int], optax.GradientTransformation]
 
 
-def program(task: Task, weights: jax.Array, make: MakeOptimizer, validation: bool = False):
+def program(
+    task: Task, weighting: yoto_jax.Weighting, make: MakeOptimizer, validation: bool = False
+):
     """``(rate, which, key, data) -> (test, val, α, val loss)``: a run with ``make(rate,
-    which, steps)`` and fixed loss ``weights`` (``validation``: its hypergradient from
-    held-out batches, ``benchmarks.learning_rate_tasks.training_step``); the final test
-    and validation metrics, the learned α (nan without one) and the primary loss on
-    the validation split. Vmapped over the leading three."""
+    which, steps)`` and ``weighting`` (``validation``: its hypergradient from held-out
+    batches, ``benchmarks.learning_rate_tasks.training_step``); the final test and
+    validation metrics, the learned α (nan without one) and the primary loss on the
+    validation split. Vmapped over the leading three."""
 
     def one(rate, which, key, data):
         tx = make(rate, which, task.training.steps)
-        state = trained(task, weights, tx, key, data, validation)
+        state = trained(task, weighting, tx, key, data, validation)
         learned = states_of(state.opt_state, yoto_jax.LearnedLearningRateState)
         alphas = [yoto_jax.learning_rate_of(s) for s in learned] or [jnp.asarray(jnp.nan)]
         alpha = jnp.stack(alphas)[jnp.minimum(which, len(alphas) - 1)]
@@ -130,12 +136,13 @@ def run(
     which: list[int],
     seeds: int,
     validation: bool = False,
+    weighting: str = GRID_WEIGHTS,
 ) -> tuple[np.ndarray, ...]:
     """Test, validation, α and the validation loss of ``make`` from each of ``rates``
-    (with its ``which``) for seeds 0 … ``seeds`` − 1, each shaped (rates, seeds)."""
-    weights = jnp.asarray(GRID_BEST_WEIGHTS[task.name], jnp.float32)
+    (with its ``which``) for seeds 0 … ``seeds`` − 1, each shaped (rates, seeds), with
+    the weighting named ``weighting`` (a key of ``weightings(task)``)."""
     keys = jnp.stack([seed_key(s) for s in range(seeds)] * len(rates))
-    outputs = program(task, weights, make, validation)(
+    outputs = program(task, weightings(task)[weighting](), make, validation)(
         jnp.repeat(jnp.asarray(rates, jnp.float32), seeds),
         jnp.repeat(jnp.asarray(which), seeds),
         keys,
@@ -144,16 +151,16 @@ def run(
     return tuple(np.asarray(v).reshape(len(rates), seeds) for v in outputs)
 
 
-def adam_grid(task: Task, seeds: int) -> dict[str, Any]:
-    """Adam's 5-point grid on ``task``: per rate and seed the test metric, and per seed
-    the test metric and the validation loss of the rate picked by the validation
-    metric; prints the picked test metric's mean."""
+def adam_grid(task: Task, seeds: int, weighting: str = GRID_WEIGHTS) -> dict[str, Any]:
+    """Adam's 5-point grid on ``task`` with ``weighting``: per rate and seed the test
+    metric, and per seed the test metric and the validation loss of the rate picked by
+    the validation metric; prints the picked test metric's mean."""
     rates = list(ADAM_RATES[GRID])
-    test, val, _, val_loss = run(task, adam, rates, [0] * len(rates), seeds)
+    test, val, _, val_loss = run(task, adam, rates, [0] * len(rates), seeds, False, weighting)
     sign = 1.0 if task.higher_is_better else -1.0
     pick = np.argmax(sign * val, axis=0), np.arange(seeds)
     print(
-        f"{task.name} ({task.training.steps} steps, test {task.metric}): "
+        f"{task.name}, {weighting} ({task.training.steps} steps, test {task.metric}): "
         f"grid {test[pick].mean():.4f} ± {test[pick].std():.4f}"
         f"  val loss {val_loss[pick].mean():.4f}"
     )

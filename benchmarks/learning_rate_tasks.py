@@ -219,16 +219,15 @@ def training_step(task: Task, train: yoto_jax.Trainer, key: jax.Array, data, val
 
 def trained(
     task: Task,
-    weights: jax.Array,
+    weighting: yoto_jax.Weighting,
     tx: optax.GradientTransformation,
     key: jax.Array,
     data,
     validation: bool = False,
 ) -> yoto_jax.TrainerState:
-    """The state after the task's steps with ``tx`` and fixed loss ``weights``, from
-    ``key`` (the harness's initialisation and batches; ``validation`` as in
-    `training_step`)."""
-    train = yoto_jax.trainer(yoto_jax.fixed_weights(weights), tx)
+    """The state after the task's steps with ``tx`` and ``weighting``, from ``key`` (the
+    harness's initialisation and batches; ``validation`` as in `training_step`)."""
+    train = yoto_jax.trainer(weighting, tx)
     one_step = training_step(task, train, key, data, validation)
     state = train.init(task.init(split_key(key)[0]), len(task.loss_names))
     return jax.lax.fori_loop(0, task.training.steps, lambda i, state: one_step(state, i), state)
@@ -610,7 +609,7 @@ def variant_program(task: Task, weights: jax.Array):
             drifted(learned, drift),
             optax.scale_by_schedule(lambda count: jnp.where(decay, shape(count), 1.0)),
         )
-        state = trained(task, weights, tx, key, data)
+        state = trained(task, yoto_jax.fixed_weights(weights), tx, key, data)
         (learned_state,) = states_of(state.opt_state, yoto_jax.LearnedLearningRateState)
         test = evaluate(task, state.params["model"], data.test)[task.metric]
         return test, yoto_jax.learning_rate_of(learned_state)

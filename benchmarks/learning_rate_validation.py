@@ -1,12 +1,14 @@
 """The validation-driven learned rate: the hypergradient of a held-out loss against the
 training one, on the three tasks.
 
-Per task (the 3×3 grid's best fixed loss weights), in one vmapped program per row:
-Adam's 5-point grid (as in ``benchmarks.learning_rate_horizon``), and the learned rate
+Per task, with the 3×3 grid's best fixed loss weights and with YOTO, in one vmapped
+program per row: Adam's 5-point grid (as in ``benchmarks.learning_rate_horizon``; with
+YOTO, Adam's rate grid for YOTO), and the learned rate
 at ``horizon`` 1 and ``HORIZON`` whose hypergradient reads either the training
 gradient or, through the trainer's ``validation_fn``, the gradient of the primary loss
 on a batch of the validation split (one more gradient a step), each from 0.1× the
-full-scale oracle rate and from 10× with ``ramp_from=RAMP_FROM``. Per cell: the
+full-scale oracle rate (of the grid's weights, for both weightings) and from 10× with
+``ramp_from=RAMP_FROM``. Per cell: the
 seed-mean test metric, whether it is within the grid's seed std of the grid's, the
 final α, and the primary loss on the validation split (what the held-out
 hypergradient descends; the test metric is not that loss).
@@ -25,7 +27,7 @@ from tqdm import tqdm
 from benchmarks import record
 from benchmarks import tasks as task_suite
 from benchmarks.learning_rate_horizon import STARTS, adam_grid, learned, run
-from benchmarks.learning_rate_tasks import FULL_ORACLE
+from benchmarks.learning_rate_tasks import FULL_ORACLE, weightings
 from yoto_jax.learning_rate import HORIZON
 
 HORIZONS = (1.0, HORIZON)
@@ -41,11 +43,12 @@ def within_noise(cell: list[float], grid: list[float], higher_is_better: bool) -
     return bool(behind <= np.std(grid))
 
 
-def counts(stored: dict[str, Any]) -> dict[str, int]:
-    """Per cell name (H, source, start): on how many tasks it is within the grid's noise."""
+def counts(stored: dict[str, Any], weighting: str) -> dict[str, int]:
+    """Per cell name (H, source, start): on how many tasks it is within the grid's noise
+    with ``weighting``."""
     found: dict[str, int] = {}
     for name in task_suite.TASKS:
-        for label, cell in stored[name]["cells"].items():
+        for label, cell in stored[name][weighting]["cells"].items():
             found[label] = found.get(label, 0) + int(cell["within_noise"])
     return found
 
@@ -58,38 +61,43 @@ def main(scale: str, seeds: int, out: str | None) -> dict[str, Any]:
     }
     print(stored["config"]["machine"], stored["config"]["command"])
     names = list(task_suite.TASKS)
-    bar = tqdm(total=len(names) * (1 + len(HORIZONS) * len(SOURCES)), desc="programs")
+    kinds = list(weightings(task_suite.build(names[0], scale)))
+    bar = tqdm(total=len(names) * len(kinds) * (1 + len(HORIZONS) * len(SOURCES)), desc="programs")
     for name in names:
         task = task_suite.build(name, scale)
-        grid = adam_grid(task, seeds)
-        bar.update()
         starts = [FULL_ORACLE[name] * factor for factor, _ in STARTS.values()]
         ramps = [int(ramp) for _, ramp in STARTS.values()]
-        cells = {}
-        for horizon in HORIZONS:
-            for source, validation in SOURCES.items():
-                test, _, alpha, val_loss = run(
-                    task, learned(horizon), starts, ramps, seeds, validation
-                )
-                bar.update()
-                for start, t, a, v in zip(STARTS, test, alpha, val_loss):
-                    label = f"H={horizon:g}, {source}, from {start}"
-                    cells[label] = {
-                        "test": t.tolist(),
-                        "final_rate": a.tolist(),
-                        "val_loss": v.tolist(),
-                        "within_noise": within_noise(t, grid["picked"], task.higher_is_better),
-                    }
-                    print(
-                        f"  {label}: {t.mean():.4f} ± {t.std():.4f}"
-                        f"{' (within)' if cells[label]['within_noise'] else ''}"
-                        f"  final α {np.exp(np.log(a).mean()):.2g}  val loss {v.mean():.4f}"
+        stored[name] = {}
+        for weighting in kinds:
+            grid = adam_grid(task, seeds, weighting)
+            bar.update()
+            cells = {}
+            for horizon in HORIZONS:
+                for source, validation in SOURCES.items():
+                    test, _, alpha, val_loss = run(
+                        task, learned(horizon), starts, ramps, seeds, validation, weighting
                     )
-        stored[name] = {"grid": grid, "cells": cells}
+                    bar.update()
+                    for start, t, a, v in zip(STARTS, test, alpha, val_loss):
+                        label = f"H={horizon:g}, {source}, from {start}"
+                        within = within_noise(t, grid["picked"], task.higher_is_better)
+                        cells[label] = {
+                            "test": t.tolist(),
+                            "final_rate": a.tolist(),
+                            "val_loss": v.tolist(),
+                            "within_noise": within,
+                        }
+                        print(
+                            f"  {label}: {t.mean():.4f} ± {t.std():.4f}"
+                            f"{' (within)' if within else ''}"
+                            f"  final α {np.exp(np.log(a).mean()):.2g}  val loss {v.mean():.4f}"
+                        )
+            stored[name][weighting] = {"grid": grid, "cells": cells}
     bar.close()
-    stored["within_noise_tasks"] = counts(stored)
-    for label, count in stored["within_noise_tasks"].items():
-        print(f"{label}: within the grid's noise on {count} of {len(names)} tasks")
+    stored["within_noise_tasks"] = {kind: counts(stored, kind) for kind in kinds}
+    for kind, found in stored["within_noise_tasks"].items():
+        for label, count in found.items():
+            print(f"{kind}, {label}: within the grid's noise on {count} of {len(names)} tasks")
     if out is not None:
         print("wrote", record.write_json(Path(out) / f"validation_{scale}.json", stored))
     return stored
