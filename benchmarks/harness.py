@@ -30,14 +30,18 @@ def seed_key(seed: int) -> jax.Array:
     return jax.random.key(seed)
 
 
-def evaluate(task: Task, model_params: Params, split: Batch) -> dict[str, jax.Array]:
-    """The task's metrics on a whole split, summed over chunks of ``eval_chunk`` examples."""
+def in_chunks(task: Task, split: Batch) -> Batch:
+    """``split`` with a leading axis of chunks of ``eval_chunk`` examples, for ``lax.map``."""
     chunk = task.training.eval_chunk
     size = jax.tree.leaves(split)[0].shape[0]
     if size % chunk:
         raise ValueError(f"{task.name}: split size {size} is not a multiple of eval_chunk {chunk}.")
-    chunks = jax.tree.map(lambda x: x.reshape(size // chunk, chunk, *x.shape[1:]), split)
-    stats = jax.lax.map(lambda batch: task.statistics(model_params, batch), chunks)
+    return jax.tree.map(lambda x: x.reshape(size // chunk, chunk, *x.shape[1:]), split)
+
+
+def evaluate(task: Task, model_params: Params, split: Batch) -> dict[str, jax.Array]:
+    """The task's metrics on a whole split, summed over chunks of ``eval_chunk`` examples."""
+    stats = jax.lax.map(lambda batch: task.statistics(model_params, batch), in_chunks(task, split))
     return task.metrics(jax.tree.map(lambda x: jnp.sum(x, axis=0), stats))
 
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 import yoto_jax
 from benchmarks import record
 from benchmarks import tasks as task_suite
-from benchmarks.harness import evaluate, seed_key
+from benchmarks.harness import evaluate, in_chunks, seed_key
 from benchmarks.learning_rate_tasks import (
     ADAM_RATES,
     FULL_ORACLE,
@@ -76,9 +76,7 @@ def program(
 
 def primary_loss(task: Task, model: Any, split: Any) -> jax.Array:
     """The mean primary loss over ``split``, in chunks of ``eval_chunk`` examples."""
-    chunk = task.training.eval_chunk
-    size = jax.tree.leaves(split)[0].shape[0]
-    chunks = jax.tree.map(lambda x: x.reshape(size // chunk, chunk, *x.shape[1:]), split)
+    chunks = in_chunks(task, split)
     losses = jax.lax.map(lambda batch: task.losses(model, batch, jax.random.key(0))[0], chunks)
     return jnp.mean(losses)
 

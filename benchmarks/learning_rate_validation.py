@@ -27,20 +27,13 @@ from tqdm import tqdm
 from benchmarks import record
 from benchmarks import tasks as task_suite
 from benchmarks.learning_rate_horizon import STARTS, adam_grid, learned, run
-from benchmarks.learning_rate_tasks import FULL_ORACLE, weightings
+from benchmarks.learning_rate_tasks import FULL_ORACLE, weightings, within_noise
 from yoto_jax.learning_rate import HORIZON
 
 HORIZONS = (1.0, HORIZON)
 SOURCES = {"training": False, "held-out": True}
 """Where the hypergradient's gradient comes from, and whether that is the validation
 batch."""
-
-
-def within_noise(cell: list[float], grid: list[float], higher_is_better: bool) -> bool:
-    """Whether ``cell``'s seed mean is behind ``grid``'s by no more than the grid's
-    seed std (ahead counts as within)."""
-    behind = np.mean(grid) - np.mean(cell) if higher_is_better else np.mean(cell) - np.mean(grid)
-    return bool(behind <= np.std(grid))
 
 
 def counts(stored: dict[str, Any], weighting: str) -> dict[str, int]:

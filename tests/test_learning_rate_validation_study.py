@@ -10,8 +10,8 @@ from _toy import assert_trees_equal
 import yoto_jax
 from benchmarks import tasks as task_suite
 from benchmarks.harness import seed_key
-from benchmarks.learning_rate_tasks import GRID_BEST_WEIGHTS, trained
-from benchmarks.learning_rate_validation import counts, within_noise
+from benchmarks.learning_rate_tasks import GRID_BEST_WEIGHTS, trained, within_noise
+from benchmarks.learning_rate_validation import counts
 
 
 def test_within_noise_is_behind_the_grid_by_at_most_its_seed_std():
